@@ -1,0 +1,68 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Every step is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.stamp-install
+PROTO_SRC := $(wildcard proto/asr/v1/*.proto)
+PROTO_STAMP := proto/asr/v1/.stamp-gen
+KEY := keys/operator.key
+EDGE_MODEL := models/tiny.en-int8
+CLOUD_MODEL ?= base
+
+.PHONY: all setup apt venv proto models demo test lint check clean
+
+all: setup
+
+setup: apt venv proto models
+
+apt:
+	@bash scripts/ensure-apt.sh
+
+venv: $(STAMP)
+
+# torch==2.13.0 goes first: it is a CPU build from local disk; anything unpinned would pull CUDA builds.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[edge,cloud,dev,bench]'
+	$(PIP) install -q --no-deps openai-whisper==20250625
+	@touch $@
+
+proto: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO_SRC)
+	@touch $@
+
+$(KEY): $(STAMP)
+	$(PY) -m cloud_service.fleetctl keys init --dir keys
+
+models/tiny.en.pt: $(STAMP)
+	$(PY) -m cloud_service.fleetctl model fetch tiny.en --out $@
+
+models/$(CLOUD_MODEL).pt: $(STAMP)
+	$(PY) -m cloud_service.fleetctl model fetch $(CLOUD_MODEL) --out $@
+
+$(EDGE_MODEL)/manifest.json: models/tiny.en.pt $(KEY)
+	$(PY) -m cloud_service.fleetctl model build models/tiny.en.pt --out $(EDGE_MODEL) --key $(KEY)
+
+models: models/$(CLOUD_MODEL).pt $(EDGE_MODEL)/manifest.json
+
+demo: setup
+	$(PY) -m cloud_service.fleetctl model verify $(EDGE_MODEL) --pubkey keys/operator.pub
+	$(PY) scripts/demo.py
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) models/*.pt $(EDGE_MODEL) $(PROTO_STAMP)

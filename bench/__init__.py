@@ -1,0 +1,1 @@
+"""Benchmarks and the evaluation corpus. Scripts print figures; nothing here asserts speed."""

@@ -1,0 +1,1 @@
+"""Model weights, checkpoints and edge artifact builds (cloud/operator side; imports torch lazily)."""

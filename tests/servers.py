@@ -1,0 +1,109 @@
+"""Real Redis and Mosquitto servers on free loopback ports in temporary directories, for tests and benches."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class _Server:
+    binary = ""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if shutil.which(self.binary) is None:
+            raise RuntimeError(f"{self.binary} is not installed (run `make setup`)")
+        log = (self.workdir / f"{self.binary}.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=log)
+        wait_port(self.port)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as when a machine dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class RedisServer(_Server):
+    binary = "redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+        ]
+
+
+class MosquittoServer(_Server):
+    binary = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+        super().__init__(workdir, port)
+        self.extra_conf = extra_conf
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "mosquitto.conf"
+        body = self.extra_conf or "allow_anonymous true\n"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            f"{body}"
+        )
+        return [self._path(), "-c", str(conf)]
+
+    def _path(self) -> str:
+        # Debian installs mosquitto in /usr/sbin, which is not always on PATH.
+        return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+    def start(self) -> None:
+        if not Path(self._path()).exists():
+            raise RuntimeError("mosquitto is not installed (run `make setup`)")
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=log)
+        wait_port(self.port)
