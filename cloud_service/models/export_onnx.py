@@ -1,0 +1,170 @@
+"""Export openai-whisper to the edge's ONNX contract: an encoder that also emits every decoder layer's
+cross-attention keys/values, and a decoder step that takes and returns the self-attention KV cache.
+
+Contract (see README "Edge artifact"):
+- encoder.onnx: mel [B, n_mels, T] -> cross_k, cross_v [L, B, T/2, D]
+- decoder.onnx: tokens [B, N], self_k, self_v [L, B, P, D], cross_k, cross_v
+  -> logits [B, V] (last position only), new_self_k, new_self_v [L, B, P+N, D], alignment [B, H_a, N, T/2]
+
+The attention is written out here (not whisper's modules) so the cache, the mask offset and the alignment-head
+weights are explicit in the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    import whisper
+
+log = logging.getLogger(__name__)
+
+ENCODER_INPUTS = ["mel"]
+ENCODER_OUTPUTS = ["cross_k", "cross_v"]
+DECODER_INPUTS = ["tokens", "self_k", "self_v", "cross_k", "cross_v"]
+DECODER_OUTPUTS = ["logits", "new_self_k", "new_self_v", "alignment"]
+_NEG = -1e9  # finite "minus infinity": keeps softmax free of NaN when a row is fully masked
+
+
+def _modules(model: whisper.Whisper, heads: list[tuple[int, int]]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor, nn
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, n_head: int, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, n, d = q.shape
+        hd = d // n_head
+        q = q.view(b, n, n_head, hd).permute(0, 2, 1, 3)
+        k = k.view(b, k.shape[1], n_head, hd).permute(0, 2, 3, 1)
+        v = v.view(b, v.shape[1], n_head, hd).permute(0, 2, 1, 3)
+        qk = (q @ k) * (hd**-0.5)
+        if mask is not None:
+            qk = qk + mask
+        w = torch.softmax(qk.float(), dim=-1)
+        out = (w @ v).permute(0, 2, 1, 3).reshape(b, n, d)
+        return out, w
+
+    def _sinusoids(length: Any, channels: int) -> Tensor:
+        inc = math.log(10000) / (channels // 2 - 1)
+        inv = torch.exp(-inc * torch.arange(channels // 2, dtype=torch.float32))
+        t = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
+        return torch.cat([torch.sin(t), torch.cos(t)], dim=1)
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = model.encoder
+            self.cross = nn.ModuleList([blk.cross_attn for blk in model.decoder.blocks])
+            self.n_head = model.dims.n_audio_head
+            # Whisper's encoder positions are fixed sinusoids: computing them in the graph for the actual length
+            # saves storing a [1500, D] table (2.3 MB for tiny) and serves any n_frames.
+            pe = model.encoder.positional_embedding
+            self.sinusoidal = bool((pe - _sinusoids(pe.shape[0], pe.shape[1])).abs().max() < 1e-2)
+
+        def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+            e = self.enc
+            x = F.gelu(e.conv1(mel))
+            x = F.gelu(e.conv2(x)).permute(0, 2, 1)
+            x = x + (_sinusoids(x.shape[1], x.shape[2]) if self.sinusoidal else e.positional_embedding[: x.shape[1]])
+            for blk in e.blocks:
+                h = blk.attn_ln(x)
+                o, _ = attend(blk.attn.query(h), blk.attn.key(h), blk.attn.value(h), self.n_head, None)
+                x = x + blk.attn.out(o)
+                x = x + blk.mlp(blk.mlp_ln(x))
+            x = e.ln_post(x)
+            ks = torch.stack([c.key(x) for c in self.cross])  # type: ignore[operator]
+            vs = torch.stack([c.value(x) for c in self.cross])  # type: ignore[operator]
+            return ks, vs
+
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dec = model.decoder
+            self.n_head = model.dims.n_text_head
+            self.heads = heads
+
+        def forward(
+            self, tokens: Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            d = self.dec
+            n_past = self_k.shape[2]
+            n = tokens.shape[1]
+            x = d.token_embedding(tokens) + d.positional_embedding[n_past : n_past + n]
+            q_pos = torch.arange(n, device=tokens.device) + n_past
+            k_pos = torch.arange(n_past + n, device=tokens.device)
+            mask = torch.where(k_pos[None, :] > q_pos[:, None], _NEG, 0.0)
+            new_k, new_v, aligns = [], [], []
+            for i, blk in enumerate(d.blocks):
+                h = blk.attn_ln(x)
+                k = torch.cat([self_k[i], blk.attn.key(h)], dim=1)
+                v = torch.cat([self_v[i], blk.attn.value(h)], dim=1)
+                new_k.append(k)
+                new_v.append(v)
+                o, _ = attend(blk.attn.query(h), k, v, self.n_head, mask)
+                x = x + blk.attn.out(o)
+                h = blk.cross_attn_ln(x)
+                o, w = attend(blk.cross_attn.query(h), cross_k[i], cross_v[i], self.n_head, None)
+                x = x + blk.cross_attn.out(o)
+                x = x + blk.mlp(blk.mlp_ln(x))
+                layer_heads = [hd for (layer, hd) in self.heads if layer == i]
+                if layer_heads:
+                    aligns.append(w[:, layer_heads])
+            x = d.ln(x[:, -1])
+            logits = x @ d.token_embedding.weight.T
+            return logits.float(), torch.stack(new_k), torch.stack(new_v), torch.cat(aligns, dim=1)
+
+    return Encoder().eval(), Decoder().eval()
+
+
+def export_onnx(model: whisper.Whisper, heads: list[tuple[int, int]], out_dir: Path, opset: int = 17) -> None:
+    """Write encoder.onnx and decoder.onnx (fp32) into out_dir."""
+    import warnings
+
+    import torch
+
+    model = model.float().eval()
+    dims = model.dims
+    encoder, decoder = _modules(model, heads)
+    n_frames = 2 * dims.n_audio_ctx
+    mel = torch.zeros(1, dims.n_mels, n_frames)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            encoder,
+            (mel,),
+            str(out_dir / "encoder.onnx"),
+            input_names=ENCODER_INPUTS,
+            output_names=ENCODER_OUTPUTS,
+            dynamic_axes={"mel": {0: "batch", 2: "n_frames"}, "cross_k": {1: "batch", 2: "n_audio"},
+                          "cross_v": {1: "batch", 2: "n_audio"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+        ck, cv = encoder(mel[:, :, :200])
+        L, D = dims.n_text_layer, dims.n_text_state
+        tokens = torch.tensor([[50257, 50362]], dtype=torch.long)
+        past = torch.zeros(L, 1, 3, D)
+        torch.onnx.export(
+            decoder,
+            (tokens, past, past, ck, cv),
+            str(out_dir / "decoder.onnx"),
+            input_names=DECODER_INPUTS,
+            output_names=DECODER_OUTPUTS,
+            dynamic_axes={
+                "tokens": {0: "batch", 1: "n_tokens"},
+                "self_k": {1: "batch", 2: "n_past"},
+                "self_v": {1: "batch", 2: "n_past"},
+                "cross_k": {1: "batch", 2: "n_audio"},
+                "cross_v": {1: "batch", 2: "n_audio"},
+                "logits": {0: "batch"},
+                "new_self_k": {1: "batch", 2: "n_total"},
+                "new_self_v": {1: "batch", 2: "n_total"},
+                "alignment": {0: "batch", 2: "n_tokens", 3: "n_audio"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
