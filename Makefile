@@ -33,20 +33,21 @@ $(STAMP): pyproject.toml
 
 proto: $(PROTO_STAMP)
 
-$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+$(PROTO_STAMP): $(PROTO_SRC) | $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO_SRC)
 	@touch $@
 
-$(KEY): $(STAMP)
+$(KEY): | $(STAMP)
 	$(PY) -m cloud_service.fleetctl keys init --dir keys
 
-models/tiny.en.pt: $(STAMP)
+models/tiny.en.pt: | $(STAMP)
 	$(PY) -m cloud_service.fleetctl model fetch tiny.en --out $@
 
-models/$(CLOUD_MODEL).pt: $(STAMP)
+models/$(CLOUD_MODEL).pt: | $(STAMP)
 	$(PY) -m cloud_service.fleetctl model fetch $(CLOUD_MODEL) --out $@
 
-$(EDGE_MODEL)/manifest.json: models/tiny.en.pt $(KEY)
+# Rebuilt when the checkpoint or the build code changes.
+$(EDGE_MODEL)/manifest.json: models/tiny.en.pt $(wildcard cloud_service/models/*.py) | $(KEY)
 	$(PY) -m cloud_service.fleetctl model build models/tiny.en.pt --out $(EDGE_MODEL) --key $(KEY)
 
 models: models/$(CLOUD_MODEL).pt $(EDGE_MODEL)/manifest.json
