@@ -13,7 +13,8 @@ ARTIFACT = ROOT / "models" / "tiny.en-int8"
 def show_artifact() -> None:
     manifest = json.loads((ARTIFACT / "manifest.json").read_text())
     print(f"== edge artifact {ARTIFACT.relative_to(ROOT)}: {manifest['model']} {manifest['version']}")
-    print(f"   quantization: {manifest['quantization']['weights']}; {manifest['quantization'].get('tied_embedding', '')}")
+    quant = manifest["quantization"]
+    print(f"   quantization: {quant['weights']}; {quant.get('tied_embedding', '')}")
     total = 0
     for name, info in sorted(manifest["files"].items()):
         total += info["size"]
