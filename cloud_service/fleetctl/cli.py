@@ -59,6 +59,17 @@ def _cmd_model_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from cloud_service.certs import CertPlan, init_certs
+
+    names = tuple(n for n in args.server_names.split(",") if n)
+    devices = tuple(n for n in args.devices.split(",") if n)
+    written = init_certs(CertPlan(Path(args.dir), names, devices, args.days), force=args.force)
+    for path in written:
+        print(path)
+    return 0
+
+
 def _checkpoint_arg(value: str) -> str:
     # `model build tiny.en` is shorthand for the fetched checkpoint models/tiny.en.pt.
     if not value.endswith(".pt") and os.path.sep not in value:
@@ -79,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dir", default=str(DEFAULT_KEY_DIR))
     k.add_argument("--force", action="store_true", help="replace an existing key pair")
     k.set_defaults(func=_cmd_keys_init)
+
+    certs = sub.add_parser("certs", help="development TLS certificates").add_subparsers(dest="certs_cmd", required=True)
+    c = certs.add_parser("init", help="make a local CA, a server certificate and device client certificates")
+    c.add_argument("--dir", default="certs")
+    c.add_argument("--server-names", default="localhost,cloud,mosquitto", help="comma-separated DNS names")
+    c.add_argument("--devices", default="", help="comma-separated device ids to issue client certificates for")
+    c.add_argument("--days", type=int, default=365)
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=_cmd_certs_init)
 
     model = sub.add_parser("model", help="weights and edge artifacts").add_subparsers(dest="model_cmd", required=True)
     f = model.add_parser("fetch", help="resolve an openai-whisper checkpoint (path, cache, download, offline)")
