@@ -2,8 +2,8 @@
 
 The device keeps, per kind (config, model), the last accepted message of each scope (fleet-wide and its own
 override). A message is accepted when it parses, is addressed to this device and scope, carries a valid
-operator signature and a version not lower than the one it replaces. Anything else is rejected with a reason, and the
-previous state stays in force. Re-delivery of the same message (retained messages after every reconnect) is
+operator signature and a version not lower than the one it replaces. Anything else is rejected with a
+reason, and the previous state stays in force. Re-delivery of the same message (retained messages after every reconnect) is
 recognised as a duplicate: nothing changes and no second ack is sent.
 """
 
@@ -31,7 +31,8 @@ class ParamsBox:
     """A ParamsTarget that holds the current parameters as one immutable reference.
 
     The engine calls `current()` once at the start of each segment and uses that object for the whole
-    segment; a swap under the lock is atomic, so a segment never sees half of an update and the next one sees all of it.
+    segment; a swap under the lock is atomic, so a segment never sees half of an update and the next one
+    sees all of it.
     """
 
     def __init__(self, initial: ConfigParams | None = None) -> None:

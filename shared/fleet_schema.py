@@ -118,7 +118,8 @@ class _Strict(BaseModel):
 class Thresholds(_Strict):
     """Confidence policy thresholds (the edge engine's names; None keeps the engine's default)."""
 
-    confidence: float | None = Field(default=None, ge=0.0, le=1.0, description="escalate segments scoring below")
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0,
+                                     description="escalate segments scoring below")
     no_speech: float | None = Field(default=None, ge=0.0, le=1.0)
     avg_logprob: float | None = Field(default=None, ge=-20.0, le=0.0)
     compression_ratio: float | None = Field(default=None, ge=1.0, le=20.0)

@@ -61,7 +61,7 @@ def _cmd_model_verify(args: argparse.Namespace) -> int:
 
 def _checkpoint_arg(value: str) -> str:
     # `model build tiny.en` is shorthand for the fetched checkpoint models/tiny.en.pt.
-    if not value.endswith(".pt") and not os.path.sep in value:
+    if not value.endswith(".pt") and os.path.sep not in value:
         candidate = Path("models") / f"{value}.pt"
         if not candidate.exists():
             raise argparse.ArgumentTypeError(f"{candidate} not found: run `fleetctl model fetch {value}` first")
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--pubkey", help="operator public key (default keys/operator.pub)")
     v.set_defaults(func=_cmd_model_verify)
+
+    from cloud_service.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
+
+    add_fleet_commands(sub, model)
     return p
 
 
