@@ -3,8 +3,8 @@
 The device keeps, per kind (config, model), the last accepted message of each scope (fleet-wide and its own
 override). A message is accepted when it parses, is addressed to this device and scope, carries a valid
 operator signature and a version not lower than the one it replaces. Anything else is rejected with a
-reason, and the previous state stays in force. Re-delivery of the same message (retained messages after every reconnect) is
-recognised as a duplicate: nothing changes and no second ack is sent.
+reason, and the previous state stays in force. Re-delivery of the same message (retained messages after
+every reconnect) is recognised as a duplicate: nothing changes and no second ack is sent.
 """
 
 from __future__ import annotations

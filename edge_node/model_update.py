@@ -4,7 +4,7 @@ Steps for a DesiredModel (any failure leaves the running model untouched and rai
 reason):
 
 1. Fetch `manifest.json` with FetchModel into `models_dir/.staging/NAME-VERSION/`; its sha256 must be the
-   one the (signed) desired-model message names; the message's `manifest_signature` is written as `manifest.sig`.
+   one the (signed) desired-model message names; the message's `manifest_signature` becomes `manifest.sig`.
 2. Fetch every file the manifest lists in chunks, resuming from the size of a partial file, retrying transient
    gRPC errors with backoff.
 3. `verify_artifact`: the manifest signature against the operator key, then every file's size and sha256.
