@@ -8,18 +8,21 @@ downloads and swaps, so a model rollout never delays a parameter change. Subscri
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import queue
+import signal
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_node.desired_state import ParamsTarget, Reconciler
+from edge_node.desired_state import ParamsBox, ParamsTarget, Reconciler
 from shared.errors import UserError
 from shared.fleet_schema import (
     Ack,
@@ -160,6 +163,8 @@ class DeviceAgent:
 
     def stop(self) -> None:
         """Clean shutdown: state goes offline (retained) and the will is not fired."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self._inbox.put(None)
         self._model_wanted.set()
@@ -256,14 +261,16 @@ class DeviceAgent:
     # ------------------------------------------------------------------ model thread
 
     def _model_worker(self) -> None:
+        done = 0  # version of the last desired-model message handled (acked), so each is acked once
         while True:
             self._model_wanted.wait()
             self._model_wanted.clear()
             if self._stopping.is_set():
                 return
             desired = self.rec.desired_model()
-            if desired is None:
+            if desired is None or desired.version == done:
                 continue
+            done = desired.version
             try:
                 if self._models is None:
                     raise UserError("this device has no model updater")
@@ -304,3 +311,58 @@ class DeviceAgent:
         # QoS 1: paho keeps it queued across a reconnect.
         self._client.publish(ack_topic_of(self.config.fleet, self.config.device_id), ack.to_json(), qos=QOS)
 
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_node.agent",
+                                description="The control-plane agent alone: parameters into a ParamsBox")
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--pubkey", help="operator public key (PEM)")
+    p.add_argument("--keepalive", type=int, default=30)
+    p.add_argument("--tls-ca")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.cli import run_cli, setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--broker {args.broker!r}: expected HOST:PORT")
+        password = None
+        if os.environ.get("FLEET_MQTT_PASSWORD_FILE"):
+            password = Path(os.environ["FLEET_MQTT_PASSWORD_FILE"]).read_text().strip()
+        config = AgentConfig(
+            fleet=args.fleet, device_id=args.device, state_dir=Path(args.state_dir), host=host,
+            port=int(port), username=os.environ.get("FLEET_MQTT_USERNAME"),
+            password=password or os.environ.get("FLEET_MQTT_PASSWORD"),
+            operator_pubkey=Path(args.pubkey) if args.pubkey else None,
+            require_signed=args.pubkey is not None,
+            keepalive_s=args.keepalive, tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        agent = DeviceAgent(config, ParamsBox())
+        agent.start()
+        print("agent started", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        agent.stop()
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
