@@ -1,9 +1,8 @@
-"""Fixtures for the MQTT control-plane tests: a real Mosquitto, Redis, operator keys, device agents, fleetctl."""
+"""Fixtures for the MQTT control-plane tests: real Mosquitto and Redis, operator keys, agents, fleetctl."""
 
 from __future__ import annotations
 
 import json
-import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,8 +48,8 @@ class Listener:
 
     def __init__(self, port: int, topic_filter: str) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
-        self._q: queue.Queue[None] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"listener-{time.monotonic_ns()}")
+        cid = f"listener-{time.monotonic_ns()}"
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
         self.client.on_connect = lambda c, *a: c.subscribe(topic_filter, qos=1)
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload), m.retain))
         self.client.reconnect_delay_set(1, 2)

@@ -16,8 +16,9 @@ from shared.fleet_schema import (
     fleet_config_topic,
 )
 from tests.fleet_support import RecordingEngine
-from tests.mqtt_fixtures import FLEET, FleetEnv, config_doc, fleet_env, keys, wait_until  # noqa: F401
+from tests.mqtt_fixtures import FLEET, FleetEnv, config_doc, wait_until
 
+pytest_plugins = ["tests.mqtt_fixtures"]
 pytestmark = [pytest.mark.mqtt, pytest.mark.redis]
 
 
@@ -96,8 +97,8 @@ def test_invalid_unsigned_or_misaddressed_config_is_nacked_and_previous_kept(fle
         (DesiredConfig(fleet=FLEET, version=9, params=ConfigParams(beam_size=3)).to_json(), "unsigned"),
         (DesiredConfig(fleet=FLEET, version=9, params=ConfigParams(beam_size=3))
          .signed(Ed25519PrivateKey.generate()).to_json(), "bad signature"),
-        (DesiredConfig(fleet="other", version=9, params=ConfigParams()).signed(fleet_env.keys.private).to_json(),
-         "fleet 'other'"),
+        (DesiredConfig(fleet="other", version=9, params=ConfigParams())
+         .signed(fleet_env.keys.private).to_json(), "fleet 'other'"),
     ]
     for payload, why in bad:
         n = len(acks.acks("dev1"))
