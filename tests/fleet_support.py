@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,18 @@ from shared.fleet_schema import ConfigParams
 from shared.manifest import Manifest, read_manifest, write_manifest
 
 CHUNK = 64 * 1024
+FLEET = "lab"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll until `pred()` is truthy (a wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class ArtifactServicer(asr_pb2_grpc.EscalationServiceServicer):

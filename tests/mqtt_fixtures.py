@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +18,11 @@ from edge_node.agent import AgentConfig, DeviceAgent
 from edge_node.desired_state import ParamsTarget
 from shared.fleet_schema import Ack, DeviceState, parse_payload
 from shared.signing import init_keypair, load_private_key
+from tests.fleet_support import FLEET, wait_until
 from tests.servers import MosquittoServer, RedisServer
 
-FLEET = "lab"
 # Persist retained messages at once: the broker-restart test SIGKILLs it, as a power cut would.
 BROKER_CONF = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\n"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll until `pred()` is truthy (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -110,6 +99,9 @@ class FleetEnv:
         self.listeners.append(lst)
         return lst
 
+    def config_doc(self, device: str) -> dict[str, Any]:
+        return dict(json.loads((self.root / "devices" / device / "config.json").read_text()))
+
     def publish_raw(self, topic: str, payload: bytes, retain: bool = True) -> None:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{time.monotonic_ns()}")
         c.connect("127.0.0.1", self.broker.port)
@@ -142,6 +134,3 @@ def fleet_env(tmp_path: Path, keys: Keys) -> Iterator[FleetEnv]:
         broker.stop()
         redis.stop()
 
-
-def config_doc(env: FleetEnv, device: str) -> dict[str, Any]:
-    return dict(json.loads((env.root / "devices" / device / "config.json").read_text()))

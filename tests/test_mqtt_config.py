@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,8 +16,10 @@ from shared.fleet_schema import (
     device_config_topic,
     fleet_config_topic,
 )
-from tests.fleet_support import RecordingEngine
-from tests.mqtt_fixtures import FLEET, FleetEnv, config_doc, wait_until
+from tests.fleet_support import FLEET, RecordingEngine, wait_until
+
+if TYPE_CHECKING:
+    from tests.mqtt_fixtures import FleetEnv
 
 pytest_plugins = ["tests.mqtt_fixtures"]
 pytestmark = [pytest.mark.mqtt, pytest.mark.redis]
@@ -128,7 +131,7 @@ def test_config_persists_and_boots_offline(fleet_env: FleetEnv) -> None:
     assert fleet_env.fleetctl("config", "set", "thresholds.confidence=0.35", "threads=3") == 0
     acks.wait_ack("dev1", "config", version=1)
     agent.stop()
-    assert config_doc(fleet_env, "dev1")["fleet"]["version"] == 1
+    assert fleet_env.config_doc("dev1")["fleet"]["version"] == 1
     fleet_env.broker.stop()  # no broker at all now
 
     from edge_node.agent import DeviceAgent
