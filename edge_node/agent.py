@@ -177,6 +177,10 @@ class DeviceAgent:
         for t in self._threads:
             t.join(timeout=10)
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
