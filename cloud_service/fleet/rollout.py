@@ -261,6 +261,7 @@ class Rollout:
         client = connect(self.settings, f"fleetctl-rollout-{time.monotonic_ns() % 10**9}")
         try:
             versions = {d: self._publish_model(client, candidate, d) or 0 for d in canary}
+            self._save(canary_versions=versions)
             res = self._wait(watcher, "canary", versions, canary)
             if self._halted(res):
                 return self._rollback(client, watcher, res, previous, canary, fleet_wide=False)
