@@ -10,7 +10,8 @@ Starts its own Mosquitto, Redis and a FetchModel gRPC server on free loopback po
 2. Model: a second fleet of `--rollout-devices` simulated devices with the real `ModelUpdater`: each
    downloads a small real signed artifact (an ONNX model plus a data file) over gRPC FetchModel, verifies
    every sha256 and the manifest signature, loads it in onnxruntime, self-tests and swaps. The time is the
-   whole staged rollout (`fleetctl model publish --canary 10% --then all` code path): canary, wait, fleet, wait, done.
+   whole staged rollout (the `fleetctl model publish --canary 10% --then all` code path): canary, wait,
+   fleet, wait, done.
 
 What is simulated: the devices' hardware (many agents in one process) and their engine (a ParamsBox / a tiny
 ONNX model in place of Whisper). The broker, Redis, gRPC, signatures, hashing and the protocol are real.
@@ -256,8 +257,8 @@ def bench_config(port: int, store: Any, key: Any, pub: Any, n: int, rounds: int)
             msg = publish_config(settings, store, key, {"thresholds": {"confidence": threshold}})
             t1 = counter.wait(msg.version, n, timeout=120)
             times.append(t1 - t0)
-            applied = sum(1 for d in devices if d.params.current().thresholds
-                          and d.params.current().thresholds.confidence == threshold)  # type: ignore[union-attr]
+            held = [d.params.current().thresholds for d in devices]
+            applied = sum(1 for t in held if t is not None and t.confidence == threshold)
             print(f"config v{msg.version}: {n} acks in {t1 - t0:.3f}s ({applied} devices applied it)",
                   file=sys.stderr)
             if applied != n:

@@ -53,6 +53,7 @@ class ArtifactServicer(asr_pb2_grpc.EscalationServiceServicer):
         directory = self.artifacts.get((request.name, request.version))
         if directory is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact {request.name} {request.version}")
+        assert directory is not None  # abort() raised otherwise
         path = (directory / request.file).resolve()
         if directory.resolve() not in path.parents or not path.is_file():
             context.abort(grpc.StatusCode.NOT_FOUND, f"no file {request.file!r} in {request.name}")
