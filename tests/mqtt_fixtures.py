@@ -87,11 +87,12 @@ class FleetEnv:
             argv += ["--key", str(self.keys.private_path)]
         return fleetctl_main(argv)
 
-    def agent(self, device: str, params: ParamsTarget, models: Any = None, **overrides: Any) -> DeviceAgent:
+    def agent(self, device: str, params: ParamsTarget, models: Any = None, counters: Any = None,
+              **overrides: Any) -> DeviceAgent:
         cfg = AgentConfig(fleet=FLEET, device_id=device, state_dir=self.root / "devices" / device,
                           port=self.broker.port, operator_pubkey=self.keys.public_path,
                           reconnect_min_s=1, reconnect_max_s=2, keepalive_s=5, **overrides)
-        agent = DeviceAgent(cfg, params, models)
+        agent = DeviceAgent(cfg, params, models, counters)
         agent.start()
         self.agents.append(agent)
         assert agent.wait_connected(10), f"{device} did not connect"

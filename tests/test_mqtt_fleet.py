@@ -18,6 +18,7 @@ import pytest
 from cloud_service.fleet.controller import run_controller
 from cloud_service.fleet.mqtt_io import BrokerSettings, collect_retained
 from cloud_service.fleet.store import FleetStore, connect_redis
+from cloud_service.fleetctl.__main__ import main as fleetctl_main
 from edge_node.desired_state import ParamsBox
 from edge_node.model_update import ModelUpdater, UpdaterConfig
 from shared.fleet_schema import DesiredModel, device_model_topic, fleet_model_topic, parse_payload
@@ -152,3 +153,32 @@ def test_canary_nack_halts_and_rolls_back(fleet_env: FleetEnv, fleet4: dict[str,
     table = status_table(fleet_env, capsys)
     assert sorted(table) == ["dev0", "dev1", "dev2", "dev3"]
     assert all(row[1] == "yes" and row[2:4] == ["scale", "1"] for row in table.values())
+
+
+def test_status_escalation_rate_and_one_line_cli_errors(
+    fleet_env: FleetEnv, capsys: Any, tmp_path: Path
+) -> None:
+    listener = fleet_env.listen()
+    fleet_env.agent("dev1", ParamsBox(), counters=lambda: {"segments": 40.0, "escalated": 10.0})
+    wait_until(lambda: listener.states("dev1"), what="dev1 state")
+    row = status_table(fleet_env, capsys)["dev1"]
+    assert row[1] == "yes" and row[-1] == "25.0%"
+
+    cases = [
+        (["config", "set", "beam_size=99"], "invalid config beam_size"),
+        (["config", "set", "nonsense=1"], "invalid config nonsense"),
+        (["config", "set", "beam_size"], "expected KEY=VALUE"),
+        (["config", "set", "threads=2", "--device", "a/b"], "invalid device id"),
+    ]
+    unsigned = tmp_path / "unsigned"
+    unsigned.mkdir()
+    (unsigned / "manifest.json").write_text('{"name": "x", "version": "1", "files": {}}')
+    cases.append((["model", "publish", str(unsigned)], "unsigned artifact"))
+    for argv, why in cases:
+        capsys.readouterr()
+        assert fleet_env.fleetctl(*argv) != 0
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, (argv, err)
+    capsys.readouterr()
+    assert fleetctl_main(["status", "--broker", "127.0.0.1:1", "--no-redis", "--fleet", FLEET]) == 2
+    assert "cannot reach the MQTT broker" in capsys.readouterr().err
