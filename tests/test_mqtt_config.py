@@ -82,6 +82,14 @@ def test_device_override_merges_over_fleet_config(fleet_env: FleetEnv) -> None:
     # Another device never got dev1's override.
     assert not [a for a in acks.acks("dev2") if a.version == 2]
 
+    # A bad fleet-wide change, then `fleetctl rollback --config` republishes the previous one as v4.
+    assert fleet_env.fleetctl("config", "set", "beam_size=1") == 0
+    acks.wait_ack("dev2", "config", version=3)
+    assert fleet_env.fleetctl("rollback", "--config") == 0
+    assert acks.wait_ack("dev2", "config", version=4).accepted
+    assert box2.current().beam_size == 2
+    assert box1.current().beam_size == 5  # dev1's override still wins
+
 
 def test_invalid_unsigned_or_misaddressed_config_is_nacked_and_previous_kept(fleet_env: FleetEnv) -> None:
     box = ParamsBox()
