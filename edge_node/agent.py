@@ -70,6 +70,8 @@ class AgentConfig:
 class ModelInstaller(Protocol):
     """What the agent needs from the model updater (edge_node.model_update.ModelUpdater implements it)."""
 
+    def boot(self) -> DesiredModel | None: ...  # load the persisted model, offline
+
     def install(self, desired: DesiredModel) -> None: ...  # raise UserError with the reason on failure
 
     @property
@@ -135,7 +137,9 @@ class DeviceAgent:
                         self._state(online=False).to_json(), qos=QOS, retain=True)
 
     def boot(self) -> None:
-        """Restore the last good config from disk and apply it: the device works without a broker."""
+        """Restore the last good config and model from disk: the device works without a broker."""
+        if self._models is not None:
+            self._models.boot()
         path = self.config.state_dir / CONFIG_FILE
         if not path.exists():
             return
@@ -265,7 +269,10 @@ class DeviceAgent:
     # ------------------------------------------------------------------ model thread
 
     def _model_worker(self) -> None:
-        done = 0  # version of the last desired-model message handled (acked), so each is acked once
+        # The version of the last desired-model message handled (acked), so each is acked once; after a reboot
+        # the retained message naming the installed model is not acked again.
+        installed = self._models.installed if self._models else None
+        done = installed.version if installed else 0
         while True:
             self._model_wanted.wait()
             self._model_wanted.clear()
