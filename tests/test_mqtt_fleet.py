@@ -5,6 +5,7 @@ rollback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 from cloud_service.fleet.controller import run_controller
 from cloud_service.fleet.mqtt_io import BrokerSettings, collect_retained
+from cloud_service.fleet.rollout import pick_canary
 from cloud_service.fleet.store import FleetStore, connect_redis
 from cloud_service.fleetctl.__main__ import main as fleetctl_main
 from edge_node.desired_state import ParamsBox
@@ -182,3 +184,55 @@ def test_status_escalation_rate_and_one_line_cli_errors(
     capsys.readouterr()
     assert fleetctl_main(["status", "--broker", "127.0.0.1:1", "--no-redis", "--fleet", FLEET]) == 2
     assert "cannot reach the MQTT broker" in capsys.readouterr().err
+
+
+class SlowTarget(OnnxTarget):
+    """Holds the candidate load until released, so a device can vanish in the middle of its install."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loading = threading.Event()
+        self.release = threading.Event()
+
+    def load_candidate(self, directory: Path) -> None:
+        self.loading.set()
+        self.release.wait(30)
+        super().load_candidate(directory)
+
+
+def test_canary_going_offline_halts_the_rollout(fleet_env: FleetEnv, tmp_path: Path, capsys: Any) -> None:
+    key = fleet_env.keys.private
+    artifact = build_artifact(tmp_path / "artifacts", "scale", "7", key, 7.0)[0]
+    server, port = serve_artifacts(ArtifactServicer({("scale", "7"): artifact}))
+    targets = {d: SlowTarget() for d in ("dev0", "dev1")}
+    agents = {}
+    for dev, target in targets.items():
+        cfg = UpdaterConfig(models_dir=tmp_path / dev / "models", state_dir=tmp_path / dev,
+                            grpc_target=f"127.0.0.1:{port}")
+        agents[dev] = fleet_env.agent(dev, ParamsBox(), ModelUpdater(cfg, target,
+                                                                    load_public_key(fleet_env.keys.public_path)))
+    wait_until(lambda: len(collect_retained(BrokerSettings(port=fleet_env.broker.port),
+                                            f"fleet/{FLEET}/devices/+/state")) == 2, what="2 devices online")
+    canary = pick_canary(sorted(targets), 0.5, "7")[0]
+    rc: list[int] = []
+    publish = threading.Thread(target=lambda: rc.append(fleet_env.fleetctl(
+        "model", "publish", str(artifact), "--canary", "50%", "--timeout", "30", "--no-progress")))
+    publish.start()
+    try:
+        assert targets[canary].loading.wait(15), "the canary never started installing"
+        # The canary's connection drops without a DISCONNECT (a power cut): the broker sends its will.
+        agents[canary]._client.socket().shutdown(socket.SHUT_RDWR)
+        publish.join(30)
+    finally:
+        for t in targets.values():
+            t.release.set()
+        publish.join(30)
+        server.stop(0)
+    assert rc and rc[0] != 0
+    err = capsys.readouterr().err
+    assert "halted" in err and f"{canary}: went offline" in err
+    store = FleetStore(connect_redis(fleet_env.redis.url), FLEET)
+    rec = store.rollout()
+    assert rec is not None and rec["state"] == "rolled_back" and rec["failures"] == {canary: "went offline"}
+    other = next(d for d in targets if d != canary)
+    assert not targets[other].loading.is_set()  # the rest of the fleet never saw the model
