@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--pubkey", help="operator public key (default keys/operator.pub)")
     v.set_defaults(func=_cmd_model_verify)
+
+    from cloud_service.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
+
+    add_fleet_commands(sub, model)
     return p
 
 
