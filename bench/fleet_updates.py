@@ -329,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_nofile()  # mosquitto inherits it: one descriptor per client on each side
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         root = Path(tmp)
-        import os
-
-        conf = "allow_anonymous true\nmax_connections -1\n" + ("user root\n" if os.geteuid() == 0 else "")
+        conf = "allow_anonymous true\nmax_connections -1\n"
         broker, redis = MosquittoServer(root / "mosquitto", extra_conf=conf), RedisServer(root / "redis")
         broker.start()
         redis.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,9 +22,7 @@ from tests.fleet_support import FLEET, wait_until
 from tests.servers import MosquittoServer, RedisServer
 
 # Persist retained messages at once: the broker-restart test SIGKILLs it, as a power cut would.
-# Started as root, mosquitto would drop to the `mosquitto` user, which cannot write into the test's directory.
-BROKER_CONF = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\n" + (
-    "user root\n" if os.geteuid() == 0 else "")
+BROKER_CONF = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\n"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -90,10 +91,13 @@ class MosquittoServer(_Server):
     def command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
         body = self.extra_conf or "allow_anonymous true\n"
+        # Started as root, mosquitto drops to the `mosquitto` user, which cannot write its persistence file in our
+        # temporary directory; retained messages would then not survive a kill.
+        as_root = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"persistence true\npersistence_location {self.workdir}/\n"
-            f"{body}"
+            f"{as_root}{body}"
         )
         return [self._path(), "-c", str(conf)]
 

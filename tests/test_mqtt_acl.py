@@ -78,8 +78,7 @@ def secured(tmp_path: Path) -> Iterator[tuple[MosquittoServer, dict[str, str]]]:
     again = subprocess.run(["bash", str(DEPLOY / "provision.sh"), "device", "lab", "dev-a"], env=env,
                            capture_output=True, text=True)
     assert again.returncode != 0 and "already provisioned" in again.stderr
-    extra = (f"allow_anonymous false\npassword_file {conf / 'passwd'}\nacl_file {conf / 'acl'}\n"
-             + ("user root\n" if os.geteuid() == 0 else ""))
+    extra = f"allow_anonymous false\npassword_file {conf / 'passwd'}\nacl_file {conf / 'acl'}\n"
     server = MosquittoServer(tmp_path / "mosquitto", extra_conf=extra)
     server.start()
     yield server, passwords
