@@ -1,0 +1,93 @@
+"""The edge's gRPC client for the cloud's EscalationService: TLS, a bearer token, a deadline per call.
+
+One attempt per call: retries are scheduled by the outbox sender with backoff and a circuit breaker, so a request
+waiting for a retry is on disk, not in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shared.errors import UserError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from proto.asr.v1 import asr_pb2
+
+log = logging.getLogger(__name__)
+
+# Transient: the cloud is away, slow or shedding load. Anything else (INVALID_ARGUMENT, UNAUTHENTICATED, ...) will
+# not get better by sending the same request again.
+RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL"})
+
+
+@dataclass(frozen=True)
+class CloudClientConfig:
+    target: str  # host:port
+    device_id: str
+    token: str = field(repr=False)  # never printed
+    tls_ca: Path | None = None  # TLS when set (or when tls_cert is set)
+    tls_cert: Path | None = None  # client certificate for mTLS
+    tls_key: Path | None = None
+    timeout_s: float = 30.0
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"cannot read token file {path}: {exc.strerror}") from None
+    if not token:
+        raise UserError(f"token file {path} is empty")
+    return token
+
+
+class CloudError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.retryable = code in RETRYABLE
+
+
+class EscalationClient:
+    def __init__(self, config: CloudClientConfig) -> None:
+        from proto.asr.v1 import asr_pb2_grpc
+
+        self._config = config
+        self._channel = self._open_channel(config)
+        self._stub = asr_pb2_grpc.EscalationServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {config.token}"),)
+
+    @staticmethod
+    def _open_channel(config: CloudClientConfig) -> grpc.Channel:
+        import grpc as g
+
+        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20)]
+        if config.tls_ca or config.tls_cert:
+            def read(p: Path | None) -> bytes | None:
+                return p.read_bytes() if p else None
+
+            creds = g.ssl_channel_credentials(read(config.tls_ca), read(config.tls_key), read(config.tls_cert))
+            return g.secure_channel(config.target, creds, options=options)
+        return g.insecure_channel(config.target, options=options)
+
+    def transcribe(
+        self, request: asr_pb2.TranscribeRequest, timeout_s: float | None = None
+    ) -> asr_pb2.TranscribeResponse:
+        import grpc
+
+        try:
+            response: asr_pb2.TranscribeResponse = self._stub.Transcribe(
+                request, timeout=timeout_s or self._config.timeout_s, metadata=self._metadata
+            )
+            return response
+        except grpc.RpcError as exc:
+            code = exc.code().name if exc.code() else "UNKNOWN"  # type: ignore[attr-defined]
+            raise CloudError(code, exc.details() or "") from None
+
+    def close(self) -> None:
+        self._channel.close()
