@@ -86,7 +86,7 @@ class EscalationClient:
             )
             return response
         except grpc.RpcError as exc:
-            code = exc.code().name if exc.code() else "UNKNOWN"  # type: ignore[attr-defined]
+            code = exc.code().name if exc.code() else "UNKNOWN"
             raise CloudError(code, exc.details() or "") from None
 
     def close(self) -> None:
