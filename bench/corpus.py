@@ -20,24 +20,22 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from bench import asterisk
+from bench import asterisk, decode
 from bench import degrade as dg
+from bench.decode import SAMPLE_RATE
 from bench.manifest import ManifestRow, condition_family, read_manifest, write_manifest
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 # Bump when the recipe changes, so an existing corpus is rebuilt rather than taken as up to date.
 CORPUS_VERSION = 1
 # Prompts shorter than this (in words) are mostly single digits and words: too short to score WER on.
@@ -161,7 +159,7 @@ def _music_windows(n: int, rng: np.random.Generator) -> list[tuple[Path, float]]
     """`n` non-overlapping MUSIC_CLIP_S windows, spread over the tracks in turn, random within each track."""
     per_track = []
     for track in asterisk.music_files():
-        count = int(_duration(track) // MUSIC_CLIP_S)
+        count = int(decode.duration(track) // MUSIC_CLIP_S)
         per_track.append([(track, k * MUSIC_CLIP_S) for k in rng.permutation(count)])
     chosen: list[tuple[Path, float]] = []
     while len(chosen) < n and any(per_track):
@@ -169,63 +167,6 @@ def _music_windows(n: int, rng: np.random.Generator) -> list[tuple[Path, float]]
             if windows and len(chosen) < n:
                 chosen.append(windows.pop(0))
     return chosen
-
-
-def _duration(path: Path) -> float:
-    import soundfile as sf
-
-    return float(sf.info(str(path)).duration)
-
-
-def _run(cmd: list[str], stdin: bytes | None = None) -> bytes:
-    try:
-        done = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
-    except FileNotFoundError:
-        raise UserError(f"{cmd[0]} is not installed (apt-get install {cmd[0]})") from None
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()[-300:]
-        raise UserError(f"{' '.join(cmd[:6])}... failed: {detail}")
-    return done.stdout
-
-
-def _pcm16_bytes(data: bytes) -> np.ndarray:
-    return dg.from_pcm16(np.frombuffer(data, dtype="<i2"))
-
-
-def _resample(x: np.ndarray, rate: int) -> np.ndarray:
-    import soxr
-
-    return x if rate == SAMPLE_RATE else soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-
-
-def _read_wav(path: str, offset_s: float = 0.0, seconds: float | None = None) -> np.ndarray:
-    import soundfile as sf
-
-    info = sf.info(path)
-    start = round(offset_s * info.samplerate)
-    frames = -1 if seconds is None else round(seconds * info.samplerate)
-    x, rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    return _resample(x.mean(axis=1).astype(np.float32), rate)
-
-
-@cache
-def _g722(prompt_id: str) -> np.ndarray:
-    """The 16 kHz decode of the prompt's G.722 file: the clean wideband base of the degraded conditions."""
-    path = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / f"{prompt_id}.g722"
-    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "g722", "-i", str(path)]
-    return _pcm16_bytes(_run([*cmd, "-ar", str(SAMPLE_RATE), "-ac", "1", "-f", "s16le", "-"]))
-
-
-def _gsm(prompt_id: str) -> np.ndarray:
-    path = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / f"{prompt_id}.gsm"
-    decoded = _run(["sox", str(path), "-t", "raw", "-e", "signed", "-b", "16", "-"])  # GSM 6.10 is 8 kHz
-    return _resample(_pcm16_bytes(decoded), 8000)
-
-
-def _sox_effect(x: np.ndarray, effect: tuple[str, ...]) -> np.ndarray:
-    raw = ["-t", "raw", "-r", str(SAMPLE_RATE), "-e", "floating-point", "-b", "32", "-c", "1"]
-    out = _run(["sox", "-V1", *raw, "-", *raw, "-", *effect], stdin=x.astype("<f4").tobytes())
-    return dg.limit_peak(np.frombuffer(out, dtype="<f4").astype(np.float32))
 
 
 class Renderer:
@@ -243,16 +184,16 @@ class Renderer:
         rng = _rng(self.seed, spec.id)
         kind = spec.kind
         if kind == "clean-8k":
-            return _read_wav(str(asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / f"{spec.source}.wav"))
+            return decode.read_wav(str(asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / f"{spec.source}.wav"))
         if kind == "g722":
-            return _g722(spec.source)
+            return decode.g722(spec.source)
         if kind == "gsm":
-            return _gsm(spec.source)
+            return decode.gsm(spec.source)
         if kind == "reverb":
-            return _sox_effect(_g722(spec.source), REVERB_EFFECT)
+            return decode.sox_effect(decode.g722(spec.source), REVERB_EFFECT)
         if kind in ("white", "pink", "babble"):
             assert spec.snr_db is not None
-            clean = _g722(spec.source)
+            clean = decode.g722(spec.source)
             noise: np.ndarray
             if kind == "white":
                 noise = dg.white_noise(clean.size, rng)
@@ -261,12 +202,12 @@ class Renderer:
             else:
                 candidates = [p for p in self.pool if p != spec.source]
                 talkers = _pick(candidates, dg.BABBLE_TALKERS, rng)
-                noise = dg.babble(clean.size, [_g722(t) for t in talkers], rng)
+                noise = dg.babble(clean.size, [decode.g722(t) for t in talkers], rng)
             return dg.mix_at_snr(clean, noise, spec.snr_db)
         if kind == "wav":
-            return _read_wav(spec.path)
+            return decode.read_wav(spec.path)
         if kind == "music":
-            return _read_wav(spec.path, spec.offset_s, MUSIC_CLIP_S)
+            return decode.read_wav(spec.path, spec.offset_s, MUSIC_CLIP_S)
         raise ValueError(f"unknown clip kind {kind!r}")
 
 
