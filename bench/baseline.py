@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-condition", type=int, default=None, help="only the first N clips per condition"
     )
+    parser.add_argument("--condition", action="append", default=None, help="only this condition (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="write the operating point here")
     args = parser.parse_args(argv)
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model.is_file():
             raise UserError(f"checkpoint not found: {args.model}")
         transcribe = whisper_transcriber(args.model, args.language, args.threads)
-        point, _ = evaluate(args.manifest, transcribe, mode=args.mode, per_condition=args.per_condition)
+        point, _ = evaluate(
+            args.manifest,
+            transcribe,
+            mode=args.mode,
+            per_condition=args.per_condition,
+            conditions=args.condition,
+        )
         print(format_table({args.model.stem: point}))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.manifest import ManifestRow, read_manifest
+from shared.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -281,21 +282,34 @@ def hypothesis_from(row: ManifestRow, out: Mapping[str, Any], mode: str, latency
     )
 
 
+def select_rows(
+    rows: list[ManifestRow], per_condition: int | None = None, conditions: Collection[str] | None = None
+) -> list[ManifestRow]:
+    """The rows of the given conditions (all if None), at most the first `per_condition` of each."""
+    if conditions is not None:
+        unknown = set(conditions) - {r.condition for r in rows}
+        if unknown:
+            raise UserError(f"no clips of condition(s) {', '.join(sorted(unknown))} in the manifest")
+        rows = [r for r in rows if r.condition in conditions]
+    if per_condition is not None:
+        rows = [r for g in _group_rows(rows).values() for r in g[:per_condition]]
+    return rows
+
+
 def evaluate(
     manifest: Path,
     transcribe: Callable[[Path], Mapping[str, Any]],
     mode: str = "edge",
     threshold: float | None = None,
     per_condition: int | None = None,
+    conditions: Collection[str] | None = None,
     progress: bool = True,
 ) -> tuple[OperatingPoint, list[RowScore]]:
-    """Run `transcribe(audio_path) -> {"text", ...}` over a manifest (optionally the first `per_condition`
-    clips of each condition) and score it; latency is the wall time of each call unless the dict has one."""
+    """Run `transcribe(audio_path) -> {"text", ...}` over a manifest's clips (see `select_rows`) and score
+    them; latency is the wall time of each call unless the dict reports one."""
     from tqdm import tqdm
 
-    rows = read_manifest(manifest)
-    if per_condition is not None:
-        rows = [r for g in _group_rows(rows).values() for r in g[:per_condition]]
+    rows = select_rows(read_manifest(manifest), per_condition, conditions)
     hyps = []
     for row in tqdm(rows, desc=mode, unit="clip", disable=not progress):
         start = time.perf_counter()
@@ -303,6 +317,21 @@ def evaluate(
         hyps.append(hypothesis_from(row, out, mode, time.perf_counter() - start))
     scores = score_rows(rows, hyps)
     return operating_point(scores, threshold), scores
+
+
+def results_json(
+    edge: OperatingPoint | None,
+    cloud: OperatingPoint | None,
+    hybrid: Iterable[OperatingPoint] = (),
+    chosen: OperatingPoint | None = None,
+) -> dict[str, Any]:
+    """Issue 7's top-level JSON object: `edge`, `cloud`, `hybrid` (list) and `chosen`."""
+    return {
+        "edge": edge.to_json() if edge else None,
+        "cloud": cloud.to_json() if cloud else None,
+        "hybrid": [p.to_json() for p in hybrid],
+        "chosen": chosen.to_json() if chosen else None,
+    }
 
 
 def _group_rows(rows: list[ManifestRow]) -> dict[str, list[ManifestRow]]:

@@ -151,3 +151,15 @@ def test_reference_text_cleans_transcript_notes() -> None:
     assert reference_text("Appuyez sur * pour continuer maintenant", "fr") is None
     _need_sounds()
     assert not [p for p in speech_prompts("en") if p.id.startswith("silence/")]
+
+
+@pytest.mark.slow
+def test_tiny_en_transcribes_clean_corpus_clips(corpus: Path, tiny_checkpoint: Path) -> None:
+    from bench.baseline import whisper_transcriber
+    from bench.scoring import evaluate
+
+    transcribe = whisper_transcriber(tiny_checkpoint, language=None, threads=2)
+    point, scores = evaluate(corpus, transcribe, mode="edge", conditions=["en-clean-g722"], progress=False)
+    assert point.clips == PER_CONDITION
+    assert point.wer is not None and point.wer <= 0.2, [(s.row.text, s.hyp.text) for s in scores]
+    assert point.escalated_seconds_fraction == 0.0

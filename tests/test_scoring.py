@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from bench.manifest import ManifestRow, condition_family, parse_manifest
-from bench.scoring import Hypothesis, OperatingPoint, format_table, score, words
+from bench.scoring import Hypothesis, OperatingPoint, evaluate, format_table, results_json, score, words
 from shared.errors import UserError
 
 
@@ -163,3 +164,47 @@ def test_condition_family_is_computed_from_the_string() -> None:
     assert condition_family("fr-clean") == "fr-clean"
     assert condition_family("music") == "music"
     assert condition_family("de-street-noise") == "de-degraded"
+
+
+def test_evaluate_runs_a_transcriber_over_a_manifest(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": "a1",
+            "audio": "a1.wav",
+            "text": "hold the line please",
+            "lang": "en",
+            "condition": "a",
+            "duration": 2.0,
+        },
+        {
+            "id": "a2",
+            "audio": "a2.wav",
+            "text": "goodbye for now",
+            "lang": "en",
+            "condition": "a",
+            "duration": 3.0,
+        },
+        {"id": "b1", "audio": "b1.wav", "text": "", "lang": None, "condition": "b", "duration": 10.0},
+    ]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs = {"a1.wav": "Hold the line, please.", "a2.wav": "goodbye", "b1.wav": "music"}
+    seen: list[Path] = []
+
+    def transcribe(path: Path) -> dict:
+        seen.append(path)
+        return {"text": outputs[path.name], "segments": 1}
+
+    point, scores = evaluate(manifest, transcribe, mode="cloud", progress=False)
+    assert seen == [tmp_path / "a1.wav", tmp_path / "a2.wav", tmp_path / "b1.wav"]
+    assert point.wer == pytest.approx((0 + 2 + 1) / 7)
+    assert point.escalated_seconds_fraction == 1.0  # cloud mode: everything went to the cloud
+    assert point.bytes_per_escalated_second == pytest.approx(32000)
+    assert point.latency is not None and point.latency["max_s"] >= 0
+    assert [s.row.id for s in scores] == ["a1", "a2", "b1"]
+    edge, _ = evaluate(manifest, transcribe, mode="edge", per_condition=1, conditions=["a"], progress=False)
+    assert edge.clips == 1 and edge.escalated_seconds_fraction == 0.0 and edge.wer == 0.0
+    with pytest.raises(UserError, match="no clips of condition"):
+        evaluate(manifest, transcribe, conditions=["zz"], progress=False)
+    both = results_json(edge, point, [point], chosen=point)
+    assert set(both) == {"edge", "cloud", "hybrid", "chosen"} and both["edge"]["threshold"] is None
