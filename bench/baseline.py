@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.scoring import evaluate, format_table
+from bench.scoring import evaluate, format_table, row_json
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 
@@ -40,7 +40,10 @@ def whisper_transcriber(
         language = "en"
 
     def transcribe(path: Path) -> dict[str, Any]:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        try:
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (OSError, sf.LibsndfileError) as exc:
+            raise UserError(f"cannot read audio {path}: {exc}") from None
         audio = audio.mean(axis=1)
         if rate != SAMPLE_RATE:
             audio = soxr.resample(audio, rate, SAMPLE_RATE)
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--condition", action="append", default=None, help="only this condition (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="write the operating point here")
+    parser.add_argument("--rows", type=Path, default=None, help="write one JSON line per scored clip here")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model.is_file():
             raise UserError(f"checkpoint not found: {args.model}")
         transcribe = whisper_transcriber(args.model, args.language, args.threads)
-        point, _ = evaluate(
+        point, scores = evaluate(
             args.manifest,
             transcribe,
             mode=args.mode,
@@ -91,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(point.to_json(), indent=2) + "\n")
+        if args.rows:
+            args.rows.parent.mkdir(parents=True, exist_ok=True)
+            args.rows.write_text("".join(json.dumps(row_json(s), ensure_ascii=False) + "\n" for s in scores))
         return 0
 
     return run_cli(body)

@@ -319,6 +319,21 @@ def evaluate(
     return operating_point(scores, threshold), scores
 
 
+def row_json(s: RowScore) -> dict[str, Any]:
+    """One scored clip, for a per-clip dump (what failed, and how)."""
+    return {
+        "id": s.row.id,
+        "condition": s.row.condition,
+        "reference": s.row.text,
+        "hypothesis": s.hyp.text,
+        "language": s.hyp.language,
+        "ref_words": s.ref_words,
+        "errors": s.errors,
+        "escalated_seconds": s.hyp.escalated_seconds,
+        "latency_s": s.hyp.latency_s,
+    }
+
+
 def results_json(
     edge: OperatingPoint | None,
     cloud: OperatingPoint | None,
