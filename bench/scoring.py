@@ -14,6 +14,7 @@ Everything here is pure except `evaluate`, which reads the manifest and calls a 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 EXPECTED_LANGUAGE = "en"
 # Cloud-only runs send all audio; without a figure from the transcriber, bytes are counted as 16 kHz PCM16.
 PCM16_BYTES_PER_SECOND = 16000 * 2
+_ELLIPSIS = re.compile(r"\.{2,}|…")
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,13 @@ def _normalizer(lang: str) -> Callable[[str], str]:
 
 
 def words(text: str, lang: str | None) -> list[str]:
-    """The normalised words of `text` for scoring in `lang` (None: the expected language)."""
-    return _normalizer(lang or EXPECTED_LANGUAGE)(text).split()
+    """The normalised words of `text` for scoring in `lang` (None: the expected language).
+
+    Ellipses are blanked first and tokens without a letter or digit dropped: EnglishTextNormalizer keeps a
+    lone "." from "conference..." (it preserves periods for decimals), which would count as a word.
+    """
+    text = _ELLIPSIS.sub(" ", text)
+    return [w for w in _normalizer(lang or EXPECTED_LANGUAGE)(text).split() if any(c.isalnum() for c in w)]
 
 
 def word_errors(reference: list[str], hypothesis: list[str]) -> int:

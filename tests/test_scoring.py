@@ -19,6 +19,8 @@ def row(id: str, text: str | None, lang: str | None = "en", condition: str = "c"
 def test_normalizer_makes_digits_and_punctuation_equal() -> None:
     assert words("Press 1.", "en") == words("press one", "en")
     assert words("Hello, World!", "en") == ["hello", "world"]
+    assert words("To leave the conference...", "en") == words("to leave the conference.", "en")
+    assert words("it costs 3.50 dollars", "en") == ["it", "costs", "$3.50"]  # decimals survive
     # Non-English: accents are dropped (the es/fr transcripts omit them inconsistently), punctuation too.
     assert words("Código, número.", "es") == words("codigo numero", "es") == ["codigo", "numero"]
     # An unknown language is normalised as English, the fleet's language.
