@@ -133,12 +133,16 @@ def _panel(
     results: Mapping[str, Any],
     hybrid: list[Mapping[str, Any]],
 ) -> None:
+    top = 0.0
+    refs: list[str] = []
     for key, colour, label in (("edge", EDGE_COLOUR, "edge only"), ("cloud", CLOUD_COLOUR, "cloud only")):
         point = results.get(key)
         if not point:
             continue
         v = panel_value(point, conds, words)
         if v.y is not None:
+            top = max(top, v.y)
+            refs.append(f"{label} {v.y:.1f}")
             ax.axhline(v.y, color=colour, linestyle="--", linewidth=1.5, label=f"{label}")
             if v.x is not None:
                 ax.plot([v.x], [v.y], marker="s", color=colour, markersize=6)
@@ -147,6 +151,7 @@ def _panel(
     if values:
         xs = [v.x for _, v in values]
         ys = [v.y for _, v in values]
+        top = max(top, *[y for y in ys if y is not None])
         ax.plot(
             xs,
             ys,
@@ -177,7 +182,9 @@ def _panel(
     ax.set_xlabel("audio seconds escalated (%)")
     ax.set_ylabel("words emitted per clip" if words else "WER (%)")
     ax.set_xlim(-3, 103)
-    ax.set_ylim(bottom=0)
+    if refs:  # the reference values in words, in the headroom: the two lines may coincide
+        ax.text(0.02, 0.97, " · ".join(refs), transform=ax.transAxes, va="top", fontsize=8, color="dimgray")
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # headroom: lines at the maximum stay off the frame
     ax.grid(True, alpha=0.3)
 
 
