@@ -184,7 +184,9 @@ def _panel(
     ax.set_xlim(-3, 103)
     if refs:  # the reference values in words, in the headroom: the two lines may coincide
         ax.text(0.02, 0.97, " · ".join(refs), transform=ax.transAxes, va="top", fontsize=8, color="dimgray")
-    ax.set_ylim(0, 1.15 * top if top > 0 else 1.0)  # headroom: lines at the maximum stay off the frame
+    # Headroom above the highest line, and a little room below 0 so that lines at 0 WER show.
+    span = top if top > 0 else 1.0
+    ax.set_ylim(-0.03 * span, 1.15 * span)
     ax.grid(True, alpha=0.3)
 
 
