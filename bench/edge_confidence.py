@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bench import asterisk
 from edge_node.config import EdgeConfig
@@ -26,13 +27,14 @@ def main() -> None:
     ap.add_argument("--model-dir", type=Path, default=EdgeConfig().model_dir)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--music-s", type=float, default=60.0, help="seconds of each music file to use")
+    ap.add_argument("--min-words", type=int, default=4, help="prompts with at least this many words")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     engine = EdgeTranscriber(EdgeConfig(model_dir=args.model_dir, threads=args.threads))
     rows = []
-    summary = {}
+    summary: dict[str, Any] = {}
     for lang in ("en", "es", "fr"):
-        ps = asterisk.prompts(lang, min_words=1)
+        ps = asterisk.prompts(lang, min_words=args.min_words)
         random.Random(0).shuffle(ps)
         flagged = 0
         for p in ps[: args.n]:

@@ -24,8 +24,12 @@ def add_transcribe_parser(sub: Any) -> None:
     p.add_argument("--beam", type=int, default=None, metavar="N", help="beam size (default: greedy)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="onnxruntime threads (0: automatic)")
     p.add_argument("--prompt", default=None, help="initial prompt: hot words or domain vocabulary")
-    p.add_argument("--timestamps", action="store_true", help="split windows into segments at timestamp tokens")
-    p.add_argument("--full-context", action="store_true", help="always encode 30 s (no reduced audio context)")
+    p.add_argument(
+        "--timestamps", action="store_true", help="split windows into segments at timestamp tokens"
+    )
+    p.add_argument(
+        "--full-context", action="store_true", help="always encode 30 s (no reduced audio context)"
+    )
     p.set_defaults(func=cmd_transcribe)
 
 
@@ -63,7 +67,8 @@ def result_to_json(r: Any) -> dict[str, Any]:
                 "confidence": s.confidence,
                 "escalate": s.escalate,
                 "words": [
-                    {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability} for w in s.words
+                    {"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                    for w in s.words
                 ],
             }
             for s in r.segments

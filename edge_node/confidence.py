@@ -1,8 +1,8 @@
 """Segment confidence and the escalation decision: a pure policy over decoding features.
 
-Thresholds sit in `ConfidenceConfig` (frozen) so an operator can push new ones (a later issue does so over MQTT).
-Calibrated on Asterisk prompts with bench/edge_confidence.py: clean English vs Spanish/French, which the
-English-only model turns into fluent-looking English that it is nevertheless unsure of token by token.
+Thresholds sit in `ConfidenceConfig` (frozen) so an operator can push new ones (a later issue does so over
+MQTT). Calibrated on Asterisk prompts with bench/edge_confidence.py: clean English vs Spanish/French, which
+the English-only model turns into fluent-looking English that it is nevertheless unsure of token by token.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def features(
     compression_ratio: float,
     temperature: float,
 ) -> SegmentFeatures:
-    """Features of one segment from its tokens' log-probabilities and entropies (the closing token included)."""
+    """Features of one segment from its tokens' log-probabilities and entropies (the closing token
+    included)."""
     lp = np.asarray(token_logprobs, dtype=np.float64)
     ent = np.asarray(token_entropies, dtype=np.float64)
     return SegmentFeatures(
@@ -81,7 +82,9 @@ def _sigmoid(x: float) -> float:
 
 def judge(f: SegmentFeatures, cfg: ConfidenceConfig = ConfidenceConfig()) -> Verdict:
     """Combine the features into one confidence in [0, 1], an escalate flag and a drop (not speech) flag."""
-    drop = f.n_tokens <= 1 or (f.no_speech_prob > cfg.drop_no_speech_above and f.avg_logprob < cfg.drop_logprob_below)
+    drop = f.n_tokens <= 1 or (
+        f.no_speech_prob > cfg.drop_no_speech_above and f.avg_logprob < cfg.drop_logprob_below
+    )
     # Each factor is a soft step in [0, 1]; the product is low when any one sign of doubt is strong.
     c_logprob = _sigmoid((f.avg_logprob - cfg.logprob_floor) / cfg.logprob_scale)
     c_min = _sigmoid(4.0 * (math.log(max(f.min_token_prob, 1e-12)) - math.log(cfg.min_token_prob_floor)))
@@ -89,9 +92,5 @@ def judge(f: SegmentFeatures, cfg: ConfidenceConfig = ConfidenceConfig()) -> Ver
     c_speech = _sigmoid(10.0 * (cfg.no_speech_ceiling - f.no_speech_prob))
     c_repeat = _sigmoid(5.0 * (cfg.compression_ceiling - f.compression_ratio))
     confidence = c_logprob * c_min**0.5 * c_entropy * c_speech * c_repeat
-    escalate = (
-        confidence < cfg.escalate_below
-        or (cfg.escalate_on_fallback and f.temperature > 0)
-        or drop
-    )
+    escalate = confidence < cfg.escalate_below or (cfg.escalate_on_fallback and f.temperature > 0) or drop
     return Verdict(confidence=round(confidence, 4), escalate=escalate, drop=drop)

@@ -16,12 +16,12 @@ DEFAULT_MODEL_DIR = Path("models/tiny.en-int8")
 class AudioContextPolicy:
     """How many mel frames the encoder sees for a window shorter than 30 s.
 
-    Whisper pads every window to 3000 frames (30 s). The encoder accepts fewer (a reduced audio context), and its
-    cost falls faster than linearly, but too little trailing silence makes tiny.en loop ("7 7 7 7 ..."):
-    bench/edge_audio_ctx.py measured on 60 English prompts: clip + 2 s -> 16 loops, 15/40 texts as at 30 s;
-    at least 10 s -> no loops. So: the window plus `margin_frames`, at least `min_frames`, rounded up to
-    `step_frames`; and a window whose reduced-context text looks doubtful (`rescue_*`) is decoded again at 30 s.
-    `full` turns the reduction off.
+    Whisper pads every window to 3000 frames (30 s). The encoder accepts fewer (a reduced audio context), and
+    its cost falls faster than linearly, but too little trailing silence makes tiny.en loop ("7 7 7 7 ..."):
+    bench/edge_audio_ctx.py measured on 60 English prompts: clip + 2 s -> 16 loops, 15/40 texts as at 30 s; at
+    least 10 s -> no loops. So: the window plus `margin_frames`, at least `min_frames`, rounded up to
+    `step_frames`; and a window whose reduced-context text looks doubtful (`rescue_*`) is decoded again at 30
+    s. `full` turns the reduction off.
     """
 
     full: bool = False
@@ -45,8 +45,9 @@ class EdgeConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0 = onnxruntime's choice
     beam_size: int | None = None  # None/1: greedy
     temperatures: tuple[float, ...] = TEMPERATURES
-    # Whisper retries a doubtful window at higher temperatures. A window that escalates is decoded again by the
-    # cloud, so by default the edge does not spend up to five more decodes on it (True: whisper's behaviour).
+    # Whisper retries a doubtful window at higher temperatures. A window that escalates is decoded again by
+    # the cloud, so by default the edge does not spend up to five more decodes on it (True: whisper's
+    # behaviour).
     fallback_on_escalate: bool = False
     initial_prompt: str | None = None  # hot words / domain vocabulary, fed after <|startofprev|>
     timestamps: bool = False  # segment windows further by Whisper's timestamp tokens

@@ -1,4 +1,5 @@
-"""Whisper decoding in numpy: greedy or beam search over a KV-cached decoder, with openai-whisper's logit rules.
+"""Whisper decoding in numpy: greedy or beam search over a KV-cached decoder, with openai-whisper's logit
+rules.
 
 Pure logic: the model comes in as anything with `decode(tokens, self_k, self_v, cross_k, cross_v)` returning
 (logits of the last position, new_self_k, new_self_v, alignment); arrays in, frozen dataclasses out.
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -34,7 +35,12 @@ TIME_PRECISION = 0.02  # seconds per timestamp token (30 s / 1500 audio position
 
 class DecoderModel(Protocol):
     def decode(
-        self, tokens: np.ndarray, self_k: np.ndarray, self_v: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray
+        self,
+        tokens: np.ndarray,
+        self_k: np.ndarray,
+        self_v: np.ndarray,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 
     def empty_cache(self, batch: int) -> tuple[np.ndarray, np.ndarray]: ...
@@ -142,17 +148,27 @@ class _Row:
     entropies: list[float] = field(default_factory=list)
 
     def extended(self, token: int, logprob: float, entropy: float) -> _Row:
-        return _Row([*self.tokens, token], self.sum_logprob + logprob, [*self.logprobs, logprob],
-                    [*self.entropies, entropy])
+        return _Row(
+            [*self.tokens, token],
+            self.sum_logprob + logprob,
+            [*self.logprobs, logprob],
+            [*self.entropies, entropy],
+        )
 
 
-def initial_tokens(tokenizer: Tokenizer, options: DecodingOptions, n_text_ctx: int = 448) -> tuple[list[int], int]:
+def initial_tokens(
+    tokenizer: Tokenizer, options: DecodingOptions, n_text_ctx: int = 448
+) -> tuple[list[int], int]:
     """(prompt + start-of-transcript sequence, index of <|startoftranscript|> in it)."""
     prefix: list[int] = []
     if options.prompt:
         keep = n_text_ctx // 2 - 1
         prefix = [tokenizer.sot_prev, *list(options.prompt)[-keep:]]
-    seq = tokenizer.sot_sequence_including_notimestamps if options.without_timestamps else tokenizer.sot_sequence
+    seq = (
+        tokenizer.sot_sequence_including_notimestamps
+        if options.without_timestamps
+        else tokenizer.sot_sequence
+    )
     return [*prefix, *seq], len(prefix)
 
 
@@ -165,7 +181,9 @@ def decode(
 ) -> list[DecodingResult]:
     """Decode every audio item of the batch in cross_k/cross_v [n_layer, batch, n_audio, n_state] once."""
     n_audio = cross_k.shape[1]
-    beam = options.beam_size if options.beam_size and options.beam_size > 1 and options.temperature == 0 else 1
+    beam = (
+        options.beam_size if options.beam_size and options.beam_size > 1 and options.temperature == 0 else 1
+    )
     init, sot_index = initial_tokens(tokenizer, options)
     sample_begin = len(init)
     rules = LogitRules(tokenizer, options, sample_begin)
@@ -208,8 +226,16 @@ def decode(
 
 
 def _greedy(
-    model: DecoderModel, tokenizer: Tokenizer, rules: LogitRules, options: DecodingOptions, logits: np.ndarray,
-    k: np.ndarray, v: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray, init: list[int],
+    model: DecoderModel,
+    tokenizer: Tokenizer,
+    rules: LogitRules,
+    options: DecodingOptions,
+    logits: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    cross_k: np.ndarray,
+    cross_v: np.ndarray,
+    init: list[int],
     rng: np.random.Generator,
 ) -> list[_Row]:
     eot = tokenizer.eot
@@ -236,8 +262,17 @@ def _greedy(
 
 
 def _beam_search(
-    model: DecoderModel, tokenizer: Tokenizer, rules: LogitRules, options: DecodingOptions, logits: np.ndarray,
-    k: np.ndarray, v: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray, init: list[int], beam: int,
+    model: DecoderModel,
+    tokenizer: Tokenizer,
+    rules: LogitRules,
+    options: DecodingOptions,
+    logits: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    cross_k: np.ndarray,
+    cross_v: np.ndarray,
+    init: list[int],
+    beam: int,
 ) -> list[_Row]:
     """openai-whisper's beam search: keep `beam` live rows per audio, collect finished ones until
     round(beam * patience) are done, then rank by log-prob over length."""
@@ -274,7 +309,9 @@ def _beam_search(
                     saved += 1
                     if saved == beam:
                         break
-            while saved < beam:  # fewer live candidates than beams: pad with a copy (never chosen over a finish)
+            while (
+                saved < beam
+            ):  # fewer live candidates than beams: pad with a copy (never chosen over a finish)
                 next_rows.append(next_rows[-1] if saved else live[a * beam])
                 sources.append(sources[-1] if saved else a * beam)
                 saved += 1
@@ -289,10 +326,13 @@ def _beam_search(
         pool = dict(finished[a])
         if len(pool) < beam:
             for row in sorted(live[a * beam : (a + 1) * beam], key=lambda r: -r.sum_logprob):
-                pool.setdefault(tuple(row.tokens), _Row([*row.tokens, eot], row.sum_logprob, row.logprobs,
-                                                        row.entropies))
+                pool.setdefault(
+                    tuple(row.tokens), _Row([*row.tokens, eot], row.sum_logprob, row.logprobs, row.entropies)
+                )
         sample_begin = rules.sample_begin
-        best.append(max(pool.values(), key=lambda r: _rank_score(r, sample_begin, eot, options.length_penalty)))
+        best.append(
+            max(pool.values(), key=lambda r: _rank_score(r, sample_begin, eot, options.length_penalty))
+        )
     return best
 
 

@@ -1,8 +1,8 @@
 """The artifact's Whisper encoder and decoder on onnxruntime: one small class owns both sessions.
 
-Shapes follow the artifact contract (docs/edge.md): the encoder maps mel [batch, n_mels, n_frames] to every decoder
-layer's cross-attention keys/values; the decoder takes new tokens plus the self-attention KV cache and returns the
-last position's logits, the grown cache and the alignment heads' cross-attention weights.
+Shapes follow the artifact contract (docs/edge.md): the encoder maps mel [batch, n_mels, n_frames] to every
+decoder layer's cross-attention keys/values; the decoder takes new tokens plus the self-attention KV cache and
+returns the last position's logits, the grown cache and the alignment heads' cross-attention weights.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 _ENCODER_IO = (["mel"], ["cross_k", "cross_v"])
-_DECODER_IO = (["tokens", "self_k", "self_v", "cross_k", "cross_v"], ["logits", "new_self_k", "new_self_v", "alignment"])
+_DECODER_IO = (
+    ["tokens", "self_k", "self_v", "cross_k", "cross_v"],
+    ["logits", "new_self_k", "new_self_v", "alignment"],
+)
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,21 @@ class ArtifactInfo:
 
 
 def read_artifact_info(directory: Path) -> ArtifactInfo:
-    """Read the fields the engine needs from manifest.json (the signature is checked by the deployment path)."""
+    """Read the fields the engine needs from manifest.json (the signature is checked by the deployment
+    path)."""
     path = directory / "manifest.json"
     try:
         doc = json.loads(path.read_text())
         d = doc["dims"]
         dims = Dims(**{k: int(d[k]) for k in Dims.__dataclass_fields__})
         heads = tuple((int(layer), int(head)) for layer, head in doc["alignment_heads"])
-        return ArtifactInfo(directory, dims, bool(doc["multilingual"]), heads, str(doc["name"]), str(doc["version"]))
+        return ArtifactInfo(
+            directory, dims, bool(doc["multilingual"]), heads, str(doc["name"]), str(doc["version"])
+        )
     except FileNotFoundError:
-        raise UserError(f"{path}: missing (is {directory} a model artifact? build it with `make setup`)") from None
+        raise UserError(
+            f"{path}: missing (is {directory} a model artifact? build it with `make setup`)"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: malformed manifest ({exc})") from None
 
@@ -99,7 +107,9 @@ def open_session(path: Path, config: SessionConfig, io: tuple[list[str], list[st
         inputs = [i.name for i in sess.get_inputs()]
         outputs = [o.name for o in sess.get_outputs()]
         if inputs != io[0] or outputs != io[1]:
-            raise UserError(f"{path}: I/O {inputs} -> {outputs} does not match the contract {io[0]} -> {io[1]}")
+            raise UserError(
+                f"{path}: I/O {inputs} -> {outputs} does not match the contract {io[0]} -> {io[1]}"
+            )
     return sess
 
 
@@ -118,7 +128,9 @@ class WhisperOnnx:
             mel = mel[None]
         n_frames = mel.shape[-1]
         if n_frames % 2 or n_frames > 2 * self.dims.n_audio_ctx or mel.shape[1] != self.dims.n_mels:
-            raise ValueError(f"mel shape {mel.shape} is not [batch, {self.dims.n_mels}, even n_frames <= 3000]")
+            raise ValueError(
+                f"mel shape {mel.shape} is not [batch, {self.dims.n_mels}, even n_frames <= 3000]"
+            )
         k, v = self._encoder.run(None, {"mel": np.ascontiguousarray(mel, dtype=np.float32)})
         return k, v
 
@@ -134,7 +146,8 @@ class WhisperOnnx:
         cross_k: np.ndarray,
         cross_v: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """One decoder step -> (logits [batch, n_vocab] of the last position, new_self_k, new_self_v, alignment)."""
+        """One decoder step -> (logits [batch, n_vocab] of the last position, new_self_k, new_self_v,
+        alignment)."""
         feeds = {
             "tokens": np.ascontiguousarray(tokens, dtype=np.int64),
             "self_k": self_k,

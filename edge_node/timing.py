@@ -1,7 +1,7 @@
 """Word timestamps from the decoder's alignment-head cross-attention, by dynamic time warping (pure numpy).
 
-Same idea as openai-whisper's timing.py: the alignment heads' attention over audio frames, renormalised over the
-real (unpadded) audio, standardised per frame, median-filtered along time and averaged over heads, gives a
+Same idea as openai-whisper's timing.py: the alignment heads' attention over audio frames, renormalised over
+the real (unpadded) audio, standardised per frame, median-filtered along time and averaged over heads, gives a
 token-by-time similarity; the cheapest monotonic path through its negation says when each token is spoken.
 """
 
@@ -40,8 +40,8 @@ def median_filter(x: np.ndarray, width: int) -> np.ndarray:
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cheapest monotonic path through `cost` [n, m] -> (row indices, column indices), start to end.
 
-    Moves: diagonal, down (next row, same time) or right (same row, later time). Filled by anti-diagonals so the
-    inner work is vectorised.
+    Moves: diagonal, down (next row, same time) or right (same row, later time). Filled by anti-diagonals so
+    the inner work is vectorised.
     """
     n, m = cost.shape
     acc = np.full((n + 1, m + 1), np.inf)
@@ -74,7 +74,8 @@ def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def token_time_matrix(alignment: np.ndarray, n_audio_frames: int) -> np.ndarray:
-    """alignment [heads, n_tokens, n_audio] (softmaxed) -> [n_tokens, n_frames] similarity, padding cut off."""
+    """alignment [heads, n_tokens, n_audio] (softmaxed) -> [n_tokens, n_frames] similarity, padding cut
+    off."""
     w = alignment[:, :, : max(1, n_audio_frames)].astype(np.float64)
     w = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-12)  # softmax over the real audio only
     mean = w.mean(axis=-2, keepdims=True)
@@ -90,8 +91,8 @@ def word_timings(
     token_probs: list[float],
     offset: float = 0.0,
 ) -> list[WordTiming]:
-    """Words of `text_tokens` with times from `matrix` (rows: the positions predicting each text token and then
-    <|endoftext|>) and probabilities as the mean of their tokens'."""
+    """Words of `text_tokens` with times from `matrix` (rows: the positions predicting each text token and
+    then <|endoftext|>) and probabilities as the mean of their tokens'."""
     if not text_tokens:
         return []
     rows, cols = dtw(-matrix)
@@ -108,7 +109,9 @@ def word_timings(
     for k, word in enumerate(words[:-1]):
         a, b = int(bounds[k]), int(bounds[k + 1])
         out.append(
-            WordTiming(word, offset + float(jump_times[a]), offset + float(jump_times[b]), float(probs[a:b].mean()))
+            WordTiming(
+                word, offset + float(jump_times[a]), offset + float(jump_times[b]), float(probs[a:b].mean())
+            )
         )
     return _clamp_durations(_merge_punctuation(out))
 
@@ -127,7 +130,9 @@ def _merge_punctuation(words: list[WordTiming]) -> list[WordTiming]:
             carry = w
             continue
         if carry is not None:
-            w = WordTiming(carry.word + w.word.lstrip(), carry.start, w.end, min(w.probability, carry.probability))
+            w = WordTiming(
+                carry.word + w.word.lstrip(), carry.start, w.end, min(w.probability, carry.probability)
+            )
             carry = None
         out.append(w)
     return out
@@ -143,7 +148,8 @@ def _clamp_durations(words: list[WordTiming]) -> list[WordTiming]:
     for i, w in enumerate(words):
         start, end = w.start, w.end
         if end - start > cap:
-            # the first word's start and a word after a pause drift early: keep the end; otherwise keep the start
+            # the first word's start and a word after a pause drift early: keep the end; otherwise keep the
+            # start
             if i == 0 or (i > 0 and start > words[i - 1].end):
                 start = end - cap
             else:

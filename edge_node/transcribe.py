@@ -104,7 +104,9 @@ class EdgeTranscriber:
     def _decoding_options(self, config: EdgeConfig) -> DecodingOptions:
         text = config.initial_prompt
         prompt = tuple(self.tokenizer.encode(" " + text.strip())) if text else ()
-        return DecodingOptions(beam_size=config.beam_size, without_timestamps=not config.timestamps, prompt=prompt)
+        return DecodingOptions(
+            beam_size=config.beam_size, without_timestamps=not config.timestamps, prompt=prompt
+        )
 
     def with_config(self, config: EdgeConfig) -> EdgeTranscriber:
         """Other decoding settings on the same loaded sessions (model_dir and threads are kept)."""
@@ -141,10 +143,15 @@ class EdgeTranscriber:
         for i in range(len(windows)):
             segments.extend(done.get(i, []))
         text = " ".join(s.text for s in segments).strip()
-        return FileResult("", text, "en", round(duration, 3), tuple(segments), round(time.perf_counter() - t0, 4))
+        return FileResult(
+            "", text, "en", round(duration, 3), tuple(segments), round(time.perf_counter() - t0, 4)
+        )
 
-    def _decode_batch(self, batch: list[tuple[int, Window, np.ndarray]], n_frames: int) -> dict[int, list[Segment]]:
-        """Encode and decode windows of one encoder length together; re-do doubtful reduced-context ones at 30 s."""
+    def _decode_batch(
+        self, batch: list[tuple[int, Window, np.ndarray]], n_frames: int
+    ) -> dict[int, list[Segment]]:
+        """Encode and decode windows of one encoder length together; re-do doubtful reduced-context ones at 30
+        s."""
         full = 2 * self.model.dims.n_audio_ctx
         cross = self.model.encode(np.stack([m[:, :n_frames] for _, _, m in batch]))
         temps = self.config.temperatures
@@ -157,19 +164,24 @@ class EdgeTranscriber:
             if n_frames < full and (
                 r.compression_ratio > policy.rescue_compression_ratio or r.avg_logprob < policy.rescue_logprob
             ):
-                log.debug("window %d: reduced context doubtful (%s); decoding at 30 s", batch[j][0], r.text[:40])
+                log.debug(
+                    "window %d: reduced context doubtful (%s); decoding at 30 s", batch[j][0], r.text[:40]
+                )
                 ck, cv = self.model.encode(batch[j][2][None])
-                items[j] = (decode_with_fallback(self.model, self.tokenizer, ck, cv, self.options, temps[:1])[0],
-                            (ck, cv))
+                items[j] = (
+                    decode_with_fallback(self.model, self.tokenizer, ck, cv, self.options, temps[:1])[0],
+                    (ck, cv),
+                )
         if len(temps) > 1:
             for j, (r, (ck, cv)) in enumerate(items):
                 if not self._done(r):
-                    again = decode_with_fallback(self.model, self.tokenizer, ck, cv, self.options, temps[1:],
-                                                 self._done)[0]
+                    again = decode_with_fallback(
+                        self.model, self.tokenizer, ck, cv, self.options, temps[1:], self._done
+                    )[0]
                     items[j] = (again, (ck, cv))
         out: dict[int, list[Segment]] = {}
         for (i, w, _), (r, (ck, cv)) in zip(batch, items, strict=True):
-            n_audio = int(round((w.end - w.start) * audio.FRAMES_PER_SECOND)) // 2
+            n_audio = round((w.end - w.start) * audio.FRAMES_PER_SECOND) // 2
             out[i] = self._segments(r, w, ck, cv, n_audio)
         return out
 
@@ -187,7 +199,9 @@ class EdgeTranscriber:
     ) -> list[Segment]:
         tok = self.tokenizer
         text_tokens = [t for t in r.tokens if t < tok.eot]
-        f = conf.features(r.token_logprobs, r.token_entropies, r.no_speech_prob, r.compression_ratio, r.temperature)
+        f = conf.features(
+            r.token_logprobs, r.token_entropies, r.no_speech_prob, r.compression_ratio, r.temperature
+        )
         verdict = conf.judge(f, self.config.confidence)
         if verdict.drop or not text_tokens:
             log.debug("window %.2f-%.2f dropped as non-speech: %s", w.start, w.end, f)
@@ -210,18 +224,30 @@ class EdgeTranscriber:
             v = conf.judge(sf, self.config.confidence)
             segments.append(
                 Segment(
-                    start=round(start, 2), end=round(end, 2), text=text.strip(),
-                    avg_logprob=round(sf.avg_logprob, 4), no_speech_prob=round(sf.no_speech_prob, 4),
-                    compression_ratio=round(sf.compression_ratio, 4), min_token_prob=round(sf.min_token_prob, 4),
-                    mean_entropy=round(sf.mean_entropy, 4), temperature=r.temperature,
-                    confidence=v.confidence, escalate=v.escalate, words=seg_words,
+                    start=round(start, 2),
+                    end=round(end, 2),
+                    text=text.strip(),
+                    avg_logprob=round(sf.avg_logprob, 4),
+                    no_speech_prob=round(sf.no_speech_prob, 4),
+                    compression_ratio=round(sf.compression_ratio, 4),
+                    min_token_prob=round(sf.min_token_prob, 4),
+                    mean_entropy=round(sf.mean_entropy, 4),
+                    temperature=r.temperature,
+                    confidence=v.confidence,
+                    escalate=v.escalate,
+                    words=seg_words,
                 )
             )
         return segments
 
     def _words(
-        self, text_tokens: list[int], probs: list[float], cross_k: np.ndarray, cross_v: np.ndarray,
-        n_audio: int, offset: float,
+        self,
+        text_tokens: list[int],
+        probs: list[float],
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        n_audio: int,
+        offset: float,
     ) -> list[WordTiming]:
         tok = self.tokenizer
         seq = [*tok.sot_sequence_including_notimestamps, *text_tokens, tok.eot]
@@ -256,5 +282,7 @@ class EdgeTranscriber:
             lps.append(lp)
             ents.append(en)
         if cur:
-            spans.append((start_t if start_t is not None else offset, offset + 30.0, tok.decode(cur), lps, ents))
+            spans.append(
+                (start_t if start_t is not None else offset, offset + 30.0, tok.decode(cur), lps, ents)
+            )
         return spans

@@ -1,9 +1,9 @@
 """Speech segments from the artifact's Silero VAD (official silero_vad.onnx, v5/v6 interface).
 
 The model takes 512-sample frames at 16 kHz with the previous frame's last 64 samples in front, a recurrent
-state [2, batch, 128] and the sample rate; it returns a speech probability per frame. To keep the per-call cost
-low on long audio, the audio is cut into independent streams run side by side as a batch (each stream starts
-from a fresh state, which only blurs its first ~100 ms).
+state [2, batch, 128] and the sample rate; it returns a speech probability per frame. To keep the per-call
+cost low on long audio, the audio is cut into independent streams run side by side as a batch (each stream
+starts from a fresh state, which only blurs its first ~100 ms).
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ class SpeechSegment:
 class SileroVad:
     """One onnxruntime session on vad.onnx."""
 
-    def __init__(self, path: Path, config: SessionConfig = SessionConfig(intra_op_threads=1)) -> None:
-        self._session: Any = open_session(path, config, _IO)
+    def __init__(self, path: Path, config: SessionConfig | None = None) -> None:
+        # one thread: the model is tiny and runs frame by frame
+        self._session: Any = open_session(path, config or SessionConfig(intra_op_threads=1), _IO)
 
     def frame_probs(self, audio: np.ndarray, stream_s: float = 30.0) -> np.ndarray:
         """Speech probability of every 512-sample frame of 16 kHz `audio`."""
@@ -70,10 +71,14 @@ class SileroVad:
         return probs.reshape(-1)[:n_frames]
 
     def speech_segments(self, audio: np.ndarray, options: VadOptions = VadOptions()) -> list[SpeechSegment]:
-        return segments_from_probs(self.frame_probs(audio, options.stream_s), audio.size / SAMPLE_RATE, options)
+        return segments_from_probs(
+            self.frame_probs(audio, options.stream_s), audio.size / SAMPLE_RATE, options
+        )
 
 
-def segments_from_probs(probs: np.ndarray, duration: float, options: VadOptions = VadOptions()) -> list[SpeechSegment]:
+def segments_from_probs(
+    probs: np.ndarray, duration: float, options: VadOptions = VadOptions()
+) -> list[SpeechSegment]:
     """Hysteresis over frame probabilities -> padded, merged speech segments in seconds (pure)."""
     step = FRAME / SAMPLE_RATE
     raw: list[tuple[float, float]] = []

@@ -1,7 +1,8 @@
 """Audio front end: decode a file to 16 kHz mono float32 and compute Whisper's log-mel spectrogram in numpy.
 
 The log-mel follows `whisper.audio.log_mel_spectrogram` step by step (periodic Hann window, centred STFT with
-reflect padding, power spectrum without the last frame, mel filter bank, log10, an 8-decade floor below the peak,
+reflect padding, power spectrum without the last frame, mel filter bank, log10, an 8-decade floor below the
+peak,
 then (x + 4) / 4), so an edge node computes the same features the model was trained on, without torch.
 No torch; ffmpeg is used only for formats libsndfile cannot read.
 """
@@ -122,8 +123,7 @@ def log_mel_spectrogram(audio: np.ndarray, filters: np.ndarray, padding: int = 0
         x = np.pad(x, (0, padding))
     half = N_FFT // 2
     # torch.stft(center=True) pads by reflection; reflection needs more samples than the pad width.
-    mode = "reflect" if x.size > half else "constant"
-    x = np.pad(x, (half, half), mode=mode)
+    x = np.pad(x, (half, half), mode="reflect") if x.size > half else np.pad(x, (half, half))
     n_frames = 1 + (x.size - N_FFT) // HOP_LENGTH
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, N_FFT), strides=(x.strides[0] * HOP_LENGTH, x.strides[0]), writeable=False
@@ -146,5 +146,7 @@ def load_mel_filters(path: str | Path) -> np.ndarray:
     except ValueError as exc:
         raise UserError(f"{path}: not a numpy array file ({exc})") from None
     if filters.ndim != 2 or filters.shape[1] != N_FFT // 2 + 1:
-        raise UserError(f"{path}: mel filters have shape {filters.shape}, expected [n_mels, {N_FFT // 2 + 1}]")
+        raise UserError(
+            f"{path}: mel filters have shape {filters.shape}, expected [n_mels, {N_FFT // 2 + 1}]"
+        )
     return filters.astype(np.float32)

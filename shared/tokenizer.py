@@ -1,8 +1,9 @@
-"""Whisper's tokenizer on tiktoken, built from the artifact's `tokenizer.tiktoken` file (no openai-whisper import).
+"""Whisper's tokenizer on tiktoken, from the artifact's `tokenizer.tiktoken` (no openai-whisper import).
 
-The special tokens follow openai-whisper's order exactly (end of text, start of transcript, 99 language tokens,
-translate, transcribe, start of LM, start of previous, no speech, no timestamps, then 1501 timestamps at 20 ms), so
-the ids equal `whisper.tokenizer.get_tokenizer(...)`'s; tests check that against the real package.
+The special tokens follow openai-whisper's order exactly (end of text, start of transcript, 99 language
+tokens, translate, transcribe, start of LM, start of previous, no speech, no timestamps, then 1501 timestamps
+at 20 ms), so the ids equal `whisper.tokenizer.get_tokenizer(...)`'s; tests check that against the real
+package.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import tiktoken
 from shared.errors import UserError
 
 # Language codes in the order Whisper's vocabulary assigns their tokens (the first 99 are used by default).
-LANGUAGE_CODES: tuple[str, ...] = tuple(
-    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la "
-    "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
-    "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue".split()
+_CODES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr "
+    "bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn "
+    "yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su "
+    "yue"
 )
+LANGUAGE_CODES: tuple[str, ...] = tuple(_CODES.split())
 N_TIMESTAMPS = 1501  # 0.00 .. 30.00 s in 20 ms steps
 TIME_PRECISION = 0.02
 # The GPT-2 pre-tokenisation pattern Whisper uses.
@@ -147,13 +150,35 @@ class Tokenizer:
 
     @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:
-        """Tokens of symbols that are not speech (music notes, brackets...), suppressed like openai-whisper does.
+        """Tokens of symbols that are not speech (music notes, brackets...), suppressed like openai-whisper
+        does.
 
         A symbol counts when it is one token alone or after a space; the musical signs always count by their
         first token, since they often take several.
         """
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
-        symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
+        symbols += [
+            "<<",
+            ">>",
+            "<<<",
+            ">>>",
+            "--",
+            "---",
+            "-(",
+            "-[",
+            "('",
+            '("',
+            "((",
+            "))",
+            "(((",
+            ")))",
+            "[[",
+            "]]",
+            "{{",
+            "}}",
+            "♪♪",
+            "♪♪♪",
+        ]
         music = set("♩♪♫♬♭♮♯")
         result = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in symbols + sorted(music):

@@ -34,7 +34,8 @@ def test_initial_tokens_with_prompt(tok: Tokenizer) -> None:
 
 
 def test_timestamp_rules_follow_openai_whisper(tok: Tokenizer) -> None:
-    """Same masks as whisper's ApplyTimestampRules/SuppressBlank/SuppressTokens on the same token histories."""
+    """Same masks as whisper's ApplyTimestampRules/SuppressBlank/SuppressTokens on the same token
+    histories."""
     torch = pytest.importorskip("torch")
     decoding = pytest.importorskip("whisper.decoding")
     ref_tok = whisper_tokenizer.get_tokenizer(multilingual=False)
@@ -42,13 +43,28 @@ def test_timestamp_rules_follow_openai_whisper(tok: Tokenizer) -> None:
     ours = LogitRules(tok, DecodingOptions(), begin)
     ref_rules = [
         decoding.SuppressBlank(ref_tok, begin),
-        decoding.SuppressTokens([*ref_tok.non_speech_tokens, ref_tok.transcribe, ref_tok.translate, ref_tok.sot,
-                                 ref_tok.sot_prev, ref_tok.sot_lm, ref_tok.no_speech]),
+        decoding.SuppressTokens(
+            [
+                *ref_tok.non_speech_tokens,
+                ref_tok.transcribe,
+                ref_tok.translate,
+                ref_tok.sot,
+                ref_tok.sot_prev,
+                ref_tok.sot_lm,
+                ref_tok.no_speech,
+            ]
+        ),
         decoding.ApplyTimestampRules(ref_tok, begin, 50),
     ]
     ts = tok.timestamp_begin
-    histories = [[tok.sot], [tok.sot, ts], [tok.sot, ts, 400], [tok.sot, ts, 400, ts + 90],
-                 [tok.sot, ts, 400, ts + 90, ts + 90], [tok.sot, ts + 3, 400, 500]]
+    histories = [
+        [tok.sot],
+        [tok.sot, ts],
+        [tok.sot, ts, 400],
+        [tok.sot, ts, 400, ts + 90],
+        [tok.sot, ts, 400, ts + 90, ts + 90],
+        [tok.sot, ts + 3, 400, 500],
+    ]
     rng = np.random.default_rng(0)
     for hist in histories:
         logits = rng.normal(0, 3, size=(1, tok.encoding.n_vocab)).astype(np.float32)
@@ -79,7 +95,14 @@ def test_dtw_finds_the_diagonal_path() -> None:
     for i, j in [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]:
         cost[i, j] = 0.0
     rows, cols = dtw(cost)
-    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 2), (1, 3), (2, 4), (2, 5)]
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [
+        (0, 0),
+        (0, 1),
+        (1, 2),
+        (1, 3),
+        (2, 4),
+        (2, 5),
+    ]
     x = np.array([[1.0, 9.0, 2.0, 3.0, 4.0]])
     assert median_filter(x, 3).tolist() == [[9.0, 2.0, 3.0, 3.0, 3.0]]  # reflect padding: 9|1 9 2 3 4|3
 

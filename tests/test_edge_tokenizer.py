@@ -20,8 +20,17 @@ def pair() -> tuple:
 
 def test_special_token_ids_match_openai_whisper(pair: tuple) -> None:
     ours, ref = pair
-    for name in ("eot", "sot", "transcribe", "translate", "sot_lm", "sot_prev", "no_speech", "no_timestamps",
-                 "timestamp_begin"):
+    for name in (
+        "eot",
+        "sot",
+        "transcribe",
+        "translate",
+        "sot_lm",
+        "sot_prev",
+        "no_speech",
+        "no_timestamps",
+        "timestamp_begin",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     assert ours.sot_sequence == ref.sot_sequence
     assert ours.sot_sequence_including_notimestamps == ref.sot_sequence_including_notimestamps
@@ -47,9 +56,9 @@ def test_text_round_trip_and_word_split_match(pair: tuple) -> None:
 
 def test_bad_tokenizer_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.tiktoken"
-    with pytest.raises(UserError, match="nope.tiktoken"):
+    with pytest.raises(UserError, match=r"nope\.tiktoken"):
         get_tokenizer(missing)
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("not base64 at all\n")
-    with pytest.raises(UserError, match="bad.tiktoken"):
+    with pytest.raises(UserError, match=r"bad\.tiktoken"):
         get_tokenizer(bad)
