@@ -27,8 +27,8 @@ CACHE = Path("bench/out/edge_accuracy_reference.json")
 VARIANTS: dict[str, dict] = {
     "default": {},
     "full": {"full": True},
-    "min15": {"min_frames": 1500, "margin_frames": 1000},
-    "min10_no_rescue": {"rescue_logprob": -99.0, "rescue_compression_ratio": 99.0},
+    "min10": {"min_frames": 1000, "margin_frames": 500},
+    "no_rescue": {"rescue_logprob": -99.0, "rescue_compression_ratio": 99.0},
 }
 
 

@@ -129,7 +129,7 @@ def test_window_planning() -> None:
 
 def test_audio_context_policy() -> None:
     p = AudioContextPolicy()
-    assert p.frames_for(200) == 1000 and p.frames_for(900) == 1400 and p.frames_for(2900) == 3000
+    assert p.frames_for(200) == 1500 and p.frames_for(900) == 1900 and p.frames_for(2100) == 3000
     assert AudioContextPolicy(full=True).frames_for(200) == 3000
 
 
