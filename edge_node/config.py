@@ -17,13 +17,13 @@ class AudioContextPolicy:
     """How many mel frames the encoder sees for a window shorter than 30 s.
 
     Whisper pads every window to 3000 frames (30 s). The encoder accepts fewer (a reduced audio context) and
-    costs less than linearly less, but too little trailing silence makes tiny.en loop ("7 7 7 7 ..."). Measured
-    (bench/edge_accuracy.py, 100 English prompts, greedy, text identical to openai-whisper fp32 / WER):
-    30 s: 93 % / 2.51 %; clip + 10 s, at least 15 s, with the 30 s rescue (this default): 91 % / 2.44 % in about
-    half the time; clip + 5 s, at least 10 s: 88 % / 2.59 %; clip + 2 s, at least 4 s, no rescue: 16 of 60 short
-    prompts looped. So: the window plus `margin_frames`, at least `min_frames`, rounded up to `step_frames`;
-    and a window whose reduced-context text looks doubtful (`rescue_*`) is decoded again at 30 s.
-    `full` turns the reduction off.
+    costs less than linearly less, but too little trailing silence makes tiny.en loop ("7 7 7 7 ...").
+    Measured (bench/edge_accuracy.py, 100 English prompts, greedy, text identical to openai-whisper fp32 /
+    WER): 30 s: 93 % / 2.51 %; clip + 10 s, at least 15 s, with the 30 s rescue (this default): 91 % / 2.44 %
+    in about half the time; clip + 5 s, at least 10 s: 88 % / 2.59 %; clip + 2 s, at least 4 s, no rescue: 16
+    of 60 short prompts looped. So: the window plus `margin_frames`, at least `min_frames`, rounded up to
+    `step_frames`; and a window whose reduced-context text looks doubtful (`rescue_*`) is decoded again at 30
+    s. `full` turns the reduction off.
     """
 
     full: bool = False
