@@ -153,7 +153,14 @@ class EdgeTranscriber:
         """Encode and decode windows of one encoder length together; re-do doubtful reduced-context ones at 30
         s."""
         full = 2 * self.model.dims.n_audio_ctx
-        cross = self.model.encode(np.stack([m[:, :n_frames] for _, _, m in batch]))
+        # One encoder pass per window (its activations dominate peak memory; batching it saves no compute on a
+        # CPU), then one batched decode over all the windows' cross-attention keys/values.
+        encoded = [self.model.encode(m[None, :, :n_frames]) for _, _, m in batch]
+        cross = (
+            np.concatenate([k for k, _ in encoded], axis=1),
+            np.concatenate([v for _, v in encoded], axis=1),
+        )
+        del encoded
         temps = self.config.temperatures
         first = decode_with_fallback(self.model, self.tokenizer, *cross, self.options, temps[:1])
         items: list[tuple[DecodingResult, tuple[np.ndarray, np.ndarray]]] = [
