@@ -1,1 +1,1 @@
-"""The edge node: int8 ONNX Whisper tiny.en on onnxruntime, confidence scoring, escalation. Never imports torch."""
+"""The edge node: int8 ONNX Whisper tiny.en on onnxruntime, confidence, escalation. Never imports torch."""

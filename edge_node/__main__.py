@@ -1,17 +1,19 @@
-"""`edge-node` entry point."""
+"""`edge-node` entry point: parse, build the config, run."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from edge_node.cli import add_transcribe_parser
 from shared.cli import run_cli, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-node", description="Whisper edge node")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    add_transcribe_parser(sub)
     return p
 
 
