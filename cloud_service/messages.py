@@ -45,6 +45,16 @@ def to_response(
     )
 
 
+def job_fields(req: asr_pb2.TranscribeRequest, fleet: str, enqueued: float) -> dict[str, bytes | str]:
+    """The fields of one Redis Stream entry for a Submit job (read back by the worker)."""
+    return {
+        "request": req.SerializeToString(),
+        "fleet": fleet,
+        "segment_id": req.segment_id,
+        "enqueued": f"{enqueued:.3f}",
+    }
+
+
 def to_json(resp: asr_pb2.TranscribeResponse) -> str:
     from google.protobuf import json_format
 

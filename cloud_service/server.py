@@ -22,7 +22,7 @@ from cloud_service.audio_codec import AudioError
 from cloud_service.auth import Authenticator, AuthInterceptor
 from cloud_service.batching import Batcher, DeadlineExpiredError, QueueFullError
 from cloud_service.config import CloudConfig
-from cloud_service.messages import to_asr_request, to_response
+from cloud_service.messages import job_fields, to_asr_request, to_response
 from cloud_service.store import Store
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.errors import UserError
@@ -131,13 +131,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
         await self._admit(request, context)
         await self._decode(request, context)  # refuse bad audio now, not in a worker later
         entry = await self.store.enqueue(
-            self.config.stream,
-            {
-                "request": request.SerializeToString(),
-                "fleet": self.config.fleet,
-                "segment_id": request.segment_id,
-                "enqueued": f"{time.time():.3f}",
-            },
+            self.config.stream, job_fields(request, self.config.fleet, time.time())
         )
         if entry is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "job queue (Redis) unavailable; retry later")
