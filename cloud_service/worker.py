@@ -92,7 +92,7 @@ class StreamWorker:
             log.info("reclaimed %d jobs from a dead worker", len(claimed))
         return [Job(_s(eid), fields) for eid, fields in claimed if fields]
 
-    def _read(self, count: int, block_ms: int) -> list[Job]:
+    def _read(self, count: int, block_ms: int | None) -> list[Job]:
         res = self.redis.xreadgroup(
             self.config.group, self.config.consumer, {self.config.stream: ">"}, count=count, block=block_ms
         )
@@ -102,7 +102,8 @@ class StreamWorker:
         """One round: reclaim, read, decode as one batch, store, publish, ack. Returns jobs handled."""
         jobs = self._claim(self.config.worker_batch)
         if len(jobs) < self.config.worker_batch:
-            jobs += self._read(self.config.worker_batch - len(jobs), 0 if jobs else block_ms)
+            # BLOCK 0 would wait forever: with reclaimed work in hand, just top up without blocking.
+            jobs += self._read(self.config.worker_batch - len(jobs), None if jobs else block_ms)
         if jobs:
             self._process(jobs)
         return len(jobs)
