@@ -126,8 +126,13 @@ class ServerThread:
 
 
 def cloud_config(redis_url: str | None, **kw: Any) -> CloudConfig:
-    base = CloudConfig(model=str(ROOT / "models" / "base.pt"), device="cpu", redis_url=redis_url,
-                       redis_retry_s=0.2, max_wait_ms=20.0)
+    base = CloudConfig(
+        model=str(ROOT / "models" / "base.pt"),
+        device="cpu",
+        redis_url=redis_url,
+        redis_retry_s=0.2,
+        max_wait_ms=20.0,
+    )
     return replace(base, **kw)
 
 

@@ -44,8 +44,11 @@ def _req(seg: str, wav: Path, device: str = "dev-f") -> asr_pb2.TranscribeReques
     return asr_pb2.TranscribeRequest(segment_id=seg, device_id=device, audio=pcm16_audio(wav), language="en")
 
 
-def test_keeps_serving_without_redis_and_recovers(base_asr: AsrModel, redis_server: RedisServer,  # noqa: F811
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_keeps_serving_without_redis_and_recovers(
+    base_asr: AsrModel,  # noqa: F811
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     wav = need_prompts("en")[0].wav
     token = register_device(redis_server.url, "dev-f")
     with ServerThread(cloud_config(redis_server.url), base_asr) as srv:
@@ -95,23 +98,54 @@ def _subscribe(port: int, topic: str) -> tuple[mqtt.Client, list[dict[str, objec
 
 
 def test_worker_killed_mid_batch_is_reclaimed_and_finished_once(
-        base_asr: AsrModel, redis_server: RedisServer, mosquitto_server: MosquittoServer,  # noqa: F811
-        tmp_path: Path) -> None:
+    base_asr: AsrModel,  # noqa: F811
+    redis_server: RedisServer,
+    mosquitto_server: MosquittoServer,
+    tmp_path: Path,
+) -> None:
     prompts = need_prompts("en")[:3]
-    config = CloudConfig(model=str(ROOT / "models" / "base.pt"), device="cpu", redis_url=redis_server.url,
-                         fleet="lab", consumer="w2", worker_batch=4, claim_min_idle_ms=500,
-                         mqtt_host="127.0.0.1", mqtt_port=mosquitto_server.port)
+    config = CloudConfig(
+        model=str(ROOT / "models" / "base.pt"),
+        device="cpu",
+        redis_url=redis_server.url,
+        fleet="lab",
+        consumer="w2",
+        worker_batch=4,
+        claim_min_idle_ms=500,
+        mqtt_host="127.0.0.1",
+        mqtt_port=mosquitto_server.port,
+    )
     rds = redis.Redis.from_url(redis_server.url)
     subscriber, got = _subscribe(mosquitto_server.port, "fleet/lab/devices/+/results")
     for i, p in enumerate(prompts):
         rds.xadd(config.stream, job_fields(_req(f"job-{i}", p.wav, device=f"d{i}"), "lab", time.time()))
 
     log = (tmp_path / "w1.log").open("wb")
-    cmd = [sys.executable, "-m", "cloud_service", "worker", "--redis", redis_server.url, "--model",
-           config.model, "--device", "cpu", "--consumer", "w1", "--batch", "4", "--fleet", "lab",
-           "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto_server.port)]
-    w1 = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloud_service",
+        "worker",
+        "--redis",
+        redis_server.url,
+        "--model",
+        config.model,
+        "--device",
+        "cpu",
+        "--consumer",
+        "w1",
+        "--batch",
+        "4",
+        "--fleet",
+        "lab",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        str(mosquitto_server.port),
+    ]
+    w1 = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     try:
         deadline = time.monotonic() + 180
         while _pending(rds, config) < 3:
@@ -157,10 +191,28 @@ def test_cli_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = free_port()
-    cmd = [sys.executable, "-m", "cloud_service", "serve", "--listen", f"127.0.0.1:{port}", "--model",
-           str(ROOT / "models" / "base.pt"), "--device", "cpu", "--no-auth", "--grace-s", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "cloud_service",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--model",
+        str(ROOT / "models" / "base.pt"),
+        "--device",
+        "cpu",
+        "--no-auth",
+        "--grace-s",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         wait_port(port, timeout=180)
         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -177,8 +229,16 @@ def test_cli_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 def test_cli_refuses_bad_config_in_one_line(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "cloud_service", "serve", "--model", str(tmp_path / "nope.pt")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 2 and proc.stderr.startswith("error: checkpoint") and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("error: checkpoint")
+        and "Traceback" not in proc.stderr
+    )
     cmd = [sys.executable, "-m", "cloud_service", "serve", "--model", str(ROOT / "models" / "base.pt")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     assert proc.returncode == 2 and "device auth needs the registry in Redis" in proc.stderr

@@ -87,7 +87,9 @@ def test_transcribes_and_a_retried_segment_is_computed_once(server: ServerThread
     prompt = need_prompts("en")[0]
     rds = redis.Redis.from_url(server.config.redis_url or "")
     before = server.servicer.batcher.items_run
-    first = stub.Transcribe(_request("seg-retry-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=120)
+    first = stub.Transcribe(
+        _request("seg-retry-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=120
+    )
     assert len(_words(first.text) & _words(prompt.text)) >= 0.7 * len(_words(prompt.text)), first.text
     assert not first.cached and first.language == "en" and first.model_name == "base"
     assert first.segments and first.segments[0].start >= 0 and first.timing.inference_ms > 0
@@ -100,20 +102,31 @@ def test_transcribes_and_a_retried_segment_is_computed_once(server: ServerThread
     # Concurrent duplicates of a new segment: one decode between them.
     req = _request("seg-dup-2", pcm16_audio(prompt.wav))
     with ThreadPoolExecutor(3) as pool:
-        replies = list(pool.map(lambda _: stub.Transcribe(req, metadata=bearer(token), timeout=120), range(3)))
+        replies = list(
+            pool.map(lambda _: stub.Transcribe(req, metadata=bearer(token), timeout=120), range(3))
+        )
     assert len({r.text for r in replies}) == 1
     assert sorted(r.cached for r in replies) == [False, True, True]
     assert server.servicer.batcher.items_run == before + 2
     assert _eventually(lambda: int(rds.hget("asr:stats", "computed") or 0) == 2)  # counters are async
 
 
-def test_bad_or_missing_token_is_unauthenticated(server: ServerThread, stub, token: str,
-                                                 cloud_redis: RedisServer) -> None:  # noqa: F811
+def test_bad_or_missing_token_is_unauthenticated(
+    server: ServerThread,
+    stub,
+    token: str,
+    cloud_redis: RedisServer,  # noqa: F811
+) -> None:
     req = _request("seg-auth", silence_pcm16(0.5))
     other = register_device(cloud_redis.url, "dev-b")
     forged = token.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-    cases = {"none": [], "forged": bearer(forged), "garbage": bearer("nonsense"), "other device": bearer(other),
-             "not bearer": [("authorization", f"Basic {token}")]}
+    cases = {
+        "none": [],
+        "forged": bearer(forged),
+        "garbage": bearer("nonsense"),
+        "other device": bearer(other),
+        "not bearer": [("authorization", f"Basic {token}")],
+    }
     for name, md in cases.items():
         with pytest.raises(grpc.RpcError) as err:
             stub.Transcribe(req, metadata=md, timeout=10)
@@ -136,8 +149,9 @@ def test_health_and_reflection_need_no_token(server: ServerThread) -> None:
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                           timeout=10)
+    replies = reflect.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert "asr.v1.EscalationService" in names and "grpc.health.v1.Health" in names
 
@@ -150,7 +164,8 @@ def test_bad_audio_is_invalid_argument_without_inference(server: ServerThread, s
         "corrupt FLAC": asr_pb2.Audio(encoding=asr_pb2.Audio.FLAC, sample_rate=8000, data=flac.data[:300]),
         "limit is 30 s": silence_pcm16(31.0),
         "declared PCM16 but the data is a FLAC file": asr_pb2.Audio(
-            encoding=asr_pb2.Audio.PCM16, sample_rate=8000, data=flac.data),
+            encoding=asr_pb2.Audio.PCM16, sample_rate=8000, data=flac.data
+        ),
         "unspecified": asr_pb2.Audio(sample_rate=8000, data=b"\x00\x00" * 10),
     }
     before = server.servicer.batcher.items_run
@@ -162,7 +177,9 @@ def test_bad_audio_is_invalid_argument_without_inference(server: ServerThread, s
             assert message in str(err.value.details())
     with pytest.raises(grpc.RpcError) as err:
         stub.Transcribe(_request("seg-lang", silence_pcm16(1), "klingon"), metadata=bearer(token), timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown language" in str(err.value.details())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown language" in str(
+        err.value.details()
+    )
     with pytest.raises(grpc.RpcError) as err:
         stub.Transcribe(_request("", silence_pcm16(1)), metadata=bearer(token), timeout=10)
     assert "segment_id is required" in str(err.value.details())
@@ -183,26 +200,50 @@ def test_detect_finds_spanish_and_french_in_one_batch(server: ServerThread, stub
         assert len(_words(reply.text) & _words(prompt.text)) >= 3, (prompt.text, reply.text)
 
 
-def test_fetch_model_chunks_resume_and_not_found(server: ServerThread, stub, token: str, artifacts: Path) -> None:
+def test_fetch_model_chunks_resume_and_not_found(
+    server: ServerThread, stub, token: str, artifacts: Path
+) -> None:
     path = artifacts / "demo-int8" / "encoder.onnx"
     data = path.read_bytes()
-    chunks = list(stub.FetchModel(asr_pb2.ModelRequest(name="demo-int8", file="encoder.onnx"),
-                                  metadata=bearer(token), timeout=30))
+    chunks = list(
+        stub.FetchModel(
+            asr_pb2.ModelRequest(name="demo-int8", file="encoder.onnx"), metadata=bearer(token), timeout=30
+        )
+    )
     assert len(chunks) == 3 and all(len(c.data) <= 256 * 1024 for c in chunks)
     assert b"".join(c.data for c in chunks) == data
     assert chunks[0].sha256 == hashlib.sha256(data).hexdigest() and chunks[0].total_size == len(data)
-    resumed = list(stub.FetchModel(asr_pb2.ModelRequest(name="demo-int8", file="encoder.onnx", offset=300_000),
-                                   metadata=bearer(token), timeout=30))
+    resumed = list(
+        stub.FetchModel(
+            asr_pb2.ModelRequest(name="demo-int8", file="encoder.onnx", offset=300_000),
+            metadata=bearer(token),
+            timeout=30,
+        )
+    )
     assert resumed[0].offset == 300_000 and b"".join(c.data for c in resumed) == data[300_000:]
-    manifest = b"".join(c.data for c in stub.FetchModel(
-        asr_pb2.ModelRequest(name="demo-int8", file="manifest.json"), metadata=bearer(token), timeout=30))
+    manifest = b"".join(
+        c.data
+        for c in stub.FetchModel(
+            asr_pb2.ModelRequest(name="demo-int8", file="manifest.json"), metadata=bearer(token), timeout=30
+        )
+    )
     assert manifest == (artifacts / "demo-int8" / "manifest.json").read_bytes()
-    bad = [("demo-int8", "nope.onnx", ""), ("nope", "encoder.onnx", ""), ("demo-int8", "../secret.txt", ""),
-           ("..", "secret.txt", ""), ("demo-int8", "encoder.onnx", "8")]
+    bad = [
+        ("demo-int8", "nope.onnx", ""),
+        ("nope", "encoder.onnx", ""),
+        ("demo-int8", "../secret.txt", ""),
+        ("..", "secret.txt", ""),
+        ("demo-int8", "encoder.onnx", "8"),
+    ]
     for name, file, version in bad:
         with pytest.raises(grpc.RpcError) as err:
-            list(stub.FetchModel(asr_pb2.ModelRequest(name=name, file=file, version=version),
-                                 metadata=bearer(token), timeout=30))
+            list(
+                stub.FetchModel(
+                    asr_pb2.ModelRequest(name=name, file=file, version=version),
+                    metadata=bearer(token),
+                    timeout=30,
+                )
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND, (name, file)
     with pytest.raises(grpc.RpcError) as err:
         list(stub.FetchModel(asr_pb2.ModelRequest(name="demo-int8", file="encoder.onnx"), timeout=30))
@@ -218,13 +259,17 @@ def test_submit_enqueues_a_job(server: ServerThread, stub, token: str) -> None:
     assert asr_pb2.TranscribeRequest.FromString(entries[0][1][b"request"]).device_id == DEVICE
 
 
-def test_expired_deadline_is_dropped_and_full_queue_refused(base_asr: AsrModel, cloud_redis: RedisServer) -> None:  # noqa: F811
+def test_expired_deadline_is_dropped_and_full_queue_refused(
+    base_asr: AsrModel,  # noqa: F811
+    cloud_redis: RedisServer,  # noqa: F811
+) -> None:
     prompt = need_prompts("en")[0]
     config = cloud_config(cloud_redis.url, auth=False, max_batch=1, queue_size=1, max_wait_ms=0.0)
     with ServerThread(config, base_asr) as srv:
         stub = srv.stub()
-        slow = threading.Thread(target=lambda: stub.Transcribe(_request("seg-busy", pcm16_audio(prompt.wav)),
-                                                               timeout=180))
+        slow = threading.Thread(
+            target=lambda: stub.Transcribe(_request("seg-busy", pcm16_audio(prompt.wav)), timeout=180)
+        )
         slow.start()
         deadline = time.monotonic() + 10
         while srv.servicer.batcher.depth or not srv.servicer._inflight:  # wait until seg-busy is decoding
