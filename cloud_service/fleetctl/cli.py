@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from shared.errors import UserError
 
@@ -74,7 +75,7 @@ def _cmd_device_add(args: argparse.Namespace) -> int:
     if not args.redis:
         raise UserError("give --redis URL (or set CLOUD_REDIS_URL): the device registry lives there")
     client = redis.Redis.from_url(args.redis, socket_connect_timeout=3.0, socket_timeout=3.0)
-    fields = {"token_sha256": hash_token(token), "created": f"{time.time():.0f}"}
+    fields: dict[Any, Any] = {"token_sha256": hash_token(token), "created": f"{time.time():.0f}"}
     try:
         if client.exists(device_key(args.name)) and not args.rotate:
             raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token")
