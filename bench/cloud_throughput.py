@@ -4,7 +4,8 @@ Starts a real `cloud-service serve` process (base weights, Redis for dedup/auth/
 redis-server is installed) per configuration, drives it over loopback gRPC with N concurrent clients sending
 real Asterisk prompts (PCM16, unique segment ids), and reports per run: segments/s, p50/p95 latency, and the
 server overhead outside inference: client latency minus the server's queue wait (batching window included)
-minus inference time, i.e. transport, auth, Redis, audio decoding and scheduling.
+minus inference time, i.e. transport, auth, Redis, audio decoding and scheduling (and, separately, the part
+of it measured inside the server: handler time minus queue and inference).
 
     python -m bench.cloud_throughput --json bench/out/cloud_throughput.json [--quick]
 """
@@ -40,6 +41,7 @@ class Run:
     p95_ms: float
     overhead_p50_ms: float
     overhead_p95_ms: float
+    server_overhead_p95_ms: float  # the part spent inside the server process, outside queue and inference
     mean_batch: float
 
 
@@ -58,7 +60,9 @@ def _clips(n: int) -> list[tuple[bytes, int]]:
 class Service:
     """`cloud-service serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: str, max_batch: int, redis_url: str | None, token_dir: Path) -> None:
+    def __init__(
+        self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int
+    ) -> None:
         from tests.servers import free_port
 
         self.port = free_port()
@@ -79,6 +83,8 @@ class Service:
             "256",
             "--rate-limit",
             "0",
+            "--threads",
+            str(threads),
         ]
         cmd += ["--redis", redis_url] if redis_url else ["--no-auth"]
         self.log = (token_dir / f"serve-{max_batch}.log").open("wb")
@@ -97,7 +103,7 @@ class Service:
 
 async def _drive(
     port: int, token: str | None, clips: list[tuple[bytes, int]], concurrency: int, per_client: int, tag: str
-) -> tuple[list[float], list[float], list[int], float]:
+) -> tuple[list[float], list[float], list[float], list[int], float]:
     import grpc
 
     from proto.asr.v1 import asr_pb2, asr_pb2_grpc
@@ -105,6 +111,7 @@ async def _drive(
     metadata = [("authorization", f"Bearer {token}")] if token else []
     latencies: list[float] = []
     overheads: list[float] = []
+    server_overheads: list[float] = []
     batches: list[int] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = asr_pb2_grpc.EscalationServiceStub(channel)
@@ -123,12 +130,15 @@ async def _drive(
                 ms = (time.perf_counter() - t0) * 1000
                 latencies.append(ms)
                 overheads.append(ms - resp.timing.queue_ms - resp.timing.inference_ms)
+                server_overheads.append(
+                    resp.timing.total_ms - resp.timing.queue_ms - resp.timing.inference_ms
+                )
                 batches.append(resp.timing.batch_size)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(concurrency)))
         wall = time.perf_counter() - t0
-    return latencies, overheads, batches, wall
+    return latencies, overheads, server_overheads, batches, wall
 
 
 def _token(redis_url: str | None) -> str | None:
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer requests per client (a rough figure)")
     p.add_argument("--model", default=str(ROOT / "models" / "base.pt"))
     p.add_argument("--batched", type=int, default=16, help="max_batch of the batched configuration")
+    p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
     p.add_argument("--no-redis", action="store_true", help="run without Redis (and without auth)")
     args = p.parse_args(argv)
 
@@ -168,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         token = _token(redis_url)
         try:
             for max_batch in (args.batched, 1):
-                svc = Service(args.model, max_batch, redis_url, Path(tmp))
+                svc = Service(args.model, max_batch, redis_url, Path(tmp), args.threads)
                 try:
                     svc.wait()
                     asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
                     for conc in CONCURRENCY:
-                        lat, over, batches, wall = asyncio.run(
+                        lat, over, server_over, batches, wall = asyncio.run(
                             _drive(svc.port, token, clips, conc, per_client[conc], f"b{max_batch}c{conc}")
                         )
                         run = Run(
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                             float(np.percentile(lat, 95)),
                             float(np.percentile(over, 50)),
                             float(np.percentile(over, 95)),
+                            float(np.percentile(server_over, 95)),
                             float(np.mean(batches)),
                         )
                         runs.append(run)
@@ -205,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "cpu_count": os.cpu_count(),
         "redis": redis_url is not None,
+        "threads": args.threads,
+        "batched_max_batch": args.batched,
     }
     print(
         f"speedup at 16 concurrent: {doc['speedup_at_16']:.2f}x; "

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import torch
     import whisper
 
+    from cloud_service.config import CloudConfig
+
 log = logging.getLogger(__name__)
 
 # Whisper's own fallback rules (as in whisper.transcribe): a result that is too repetitive or too unlikely is
@@ -110,14 +112,38 @@ def split_segments(
     return tuple(segments)
 
 
+def _fold_beams(original: Any) -> Any:
+    """Wrap a cross-attention `qkv_attention` so the n_group beams of a clip share one copy of its keys and
+    values: the beams' queries are folded into the query-length axis (cross-attention has no mask), instead
+    of repeating 1500 frames of keys/values per beam, which on CPU made large batches memory-bound."""
+
+    def qkv_attention(q: Any, k: Any, v: Any, mask: Any = None) -> Any:
+        n_rows, n_clips = q.shape[0], k.shape[0]
+        if n_rows == n_clips:
+            return original(q, k, v, mask)
+        group, n_ctx = n_rows // n_clips, q.shape[1]
+        out, qk = original(q.reshape(n_clips, group * n_ctx, q.shape[2]), k, v, None)
+        out = out.reshape(n_rows, n_ctx, -1)
+        if qk is not None:  # the non-SDPA path also returns the weights
+            heads, frames = qk.shape[1], qk.shape[-1]
+            qk = (
+                qk.view(n_clips, heads, group, n_ctx, frames)
+                .transpose(1, 2)
+                .reshape(n_rows, heads, n_ctx, frames)
+            )
+        return out, qk
+
+    return qkv_attention
+
+
 def _batched_task(model: whisper.Whisper, options: Any) -> Any:
     """A DecodingTask that works for a batch of several clips with beam search or best-of sampling.
 
     openai-whisper 20250625 repeats the text tokens n_group times per clip but not the audio features, so a
     batch of B > 1 clips with n_group > 1 fails on a shape mismatch (B == 1 works by broadcasting).
     The subclass hands the main loop features repeated to match, and language detection the un-repeated ones.
-    It also fills the cross-attention key/value cache from the un-repeated features, so those projections
-    are computed once per clip rather than once per beam (on CPU they cost more than the encoder otherwise).
+    It fills the cross-attention key/value cache once per clip (not once per beam) and lets the beams share
+    it (`_fold_beams`).
     """
     from whisper.decoding import DecodingTask
 
@@ -135,14 +161,20 @@ def _batched_task(model: whisper.Whisper, options: Any) -> Any:
             # The decoder reads its position offset from the cache's first entry: put empty self-attention
             # entries first (the hooks append to them), then the precomputed cross-attention ones.
             empty = audio_features.new_zeros((tokens.shape[0], 0, audio_features.shape[-1]))
-            for block in self.model.decoder.blocks:
+            blocks = list(self.model.decoder.blocks)
+            for block in blocks:
                 inference.kv_cache[block.attn.key] = empty
                 inference.kv_cache[block.attn.value] = empty
-            for block in self.model.decoder.blocks:
+            for block in blocks:
                 attn = block.cross_attn
-                inference.kv_cache[attn.key] = attn.key(clips).repeat_interleave(self.n_group, dim=0)
-                inference.kv_cache[attn.value] = attn.value(clips).repeat_interleave(self.n_group, dim=0)
-            return super()._main_loop(audio_features, tokens)
+                inference.kv_cache[attn.key] = attn.key(clips)
+                inference.kv_cache[attn.value] = attn.value(clips)
+                attn.qkv_attention = _fold_beams(type(attn).qkv_attention.__get__(attn))
+            try:
+                return super()._main_loop(audio_features, tokens)
+            finally:
+                for block in blocks:
+                    del block.cross_attn.qkv_attention  # back to the class's method
 
     return BatchedDecodingTask(model, options)
 
@@ -195,6 +227,15 @@ class AsrModel:
             time.perf_counter() - t0,
         )
         return cls(model, name, dev, fp16, beam_size, temperatures, version=f"{name}-{version}")
+
+    @classmethod
+    def from_config(cls, config: CloudConfig) -> AsrModel:
+        if config.threads > 0:
+            import torch
+
+            # On a shared or small machine one or two threads avoid OpenMP barrier thrash.
+            torch.set_num_threads(config.threads)
+        return cls.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures)
 
     @property
     def multilingual(self) -> bool:

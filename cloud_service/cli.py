@@ -17,6 +17,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-root", default="models", help="checkpoints and edge artifacts (default: models)")
     p.add_argument("--device", default="auto", help="auto (CUDA+fp16 if present, else CPU fp32), cpu, cuda:0")
     p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
     p.add_argument("--redis", default=os.environ.get("CLOUD_REDIS_URL"), help="redis://HOST:PORT/DB")
     p.add_argument("--result-ttl-s", type=int, default=c.DEFAULT_RESULT_TTL_S)
     p.add_argument("--max-audio-s", type=float, default=c.DEFAULT_MAX_AUDIO_S)
@@ -92,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         model=args.model,
         models_root=Path(args.models_root),
         device=args.device,
+        threads=args.threads,
         beam_size=args.beam_size,
         max_batch=getattr(args, "max_batch", c.DEFAULT_MAX_BATCH),
         max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),

@@ -31,6 +31,7 @@ class CloudConfig:
     model: str = "base"  # a name (models/NAME.pt) or a checkpoint path
     models_root: Path = Path("models")  # where checkpoints and edge artifacts (FetchModel) live
     device: str = "auto"  # auto: CUDA with fp16 when present, else CPU fp32
+    threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
     beam_size: int = 5
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     max_batch: int = DEFAULT_MAX_BATCH

@@ -110,6 +110,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
             )
             done.set_result(resp)
         except BaseException as exc:
+            del self._inflight[seg]
             if isinstance(exc, Exception):
                 done.set_exception(exc)
                 done.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
@@ -121,11 +122,16 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
             if isinstance(exc, DeadlineExpiredError):
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             raise
-        finally:
-            del self._inflight[seg]
-        await self.store.put_result(seg, resp.SerializeToString())
-        self._spawn(self.store.incr("computed"))
+        # Store after answering: until the write lands, a retry still finds the result in _inflight.
+        self._spawn(self._store_result(seg, resp))
         return resp
+
+    async def _store_result(self, seg: str, resp: asr_pb2.TranscribeResponse) -> None:
+        try:
+            await self.store.put_result(seg, resp.SerializeToString())
+            await self.store.incr("computed")
+        finally:
+            self._inflight.pop(seg, None)
 
     async def Submit(
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
@@ -190,7 +196,7 @@ def create_server(
     if config.auth and not config.redis_url:
         raise UserError("device auth needs the registry in Redis: give --redis URL (or --no-auth for a lab)")
     if asr is None:
-        asr = AsrModel.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures)
+        asr = AsrModel.from_config(config)
     store = Store(config.redis_url, config.result_ttl_s, config.redis_retry_s)
     interceptors = []
     if config.auth:

@@ -203,7 +203,7 @@ def run_worker(config: CloudConfig) -> None:
 
     if not config.redis_url:
         raise UserError("the worker needs --redis URL (the job stream lives there)")
-    asr = AsrModel.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures)
+    asr = AsrModel.from_config(config)
     client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
     publisher = (
         MqttPublisher(config.mqtt_host, config.mqtt_port, f"asr-{config.consumer}")
