@@ -291,3 +291,19 @@ def test_expired_deadline_is_dropped_and_full_queue_refused(
         assert _eventually(lambda: bool(rds.exists(result_key("seg-busy"))))
         assert not rds.exists(result_key("seg-late"))
         assert _eventually(lambda: int(rds.hget("asr:stats", "deadline_dropped") or 0) == 1)
+
+
+def test_rate_limit_is_per_device(cloud_redis: RedisServer) -> None:  # noqa: F811
+    import asyncio
+
+    from cloud_service.store import Store
+
+    async def go() -> tuple[list[bool], bool]:
+        store = Store(cloud_redis.url, 60)
+        try:
+            first = [await store.allow("rl-dev", 3) for _ in range(5)]
+            return first, await store.allow("rl-other", 3)
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(go()) == ([True, True, True, False, False], True)
