@@ -30,6 +30,7 @@ NO_SPEECH_THRESHOLD = 0.6
 BEST_OF = 5  # samples per item when decoding at a temperature above zero
 SECONDS_PER_TIMESTAMP = 0.02
 DETECT = "detect"
+LENGTH_RATIO = 2.0  # items decoded together differ in duration by at most this factor
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,18 @@ def pick_device(requested: str) -> tuple[str, bool]:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return requested, requested.startswith("cuda")
+
+
+def length_chunks(idx: list[int], lengths: list[int], ratio: float = LENGTH_RATIO) -> list[list[int]]:
+    """Split items into runs of similar duration (shortest first). A batch decodes until its longest item
+    ends, so a 25 s prompt among 2 s ones would keep every row stepping for ~90 tokens."""
+    chunks: list[list[int]] = []
+    for i in sorted(idx, key=lambda i: lengths[i]):
+        if chunks and lengths[i] <= ratio * max(lengths[chunks[-1][0]], 1):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 def needs_fallback(avg_logprob: float, compression_ratio: float, no_speech_prob: float) -> bool:
@@ -281,7 +294,8 @@ class AsrModel:
             groups[(it.language, it.prompt or None)].append(i)
         raw: dict[int, Any] = {}
         for (language, prompt), idx in groups.items():
-            raw.update(self._decode_with_fallback(features, idx, language, prompt))
+            for chunk in length_chunks(idx, [len(it.samples) for it in items]):
+                raw.update(self._decode_with_fallback(features, chunk, language, prompt))
         ms = (time.perf_counter() - t0) * 1000.0
         return [self._result(raw[i], items[i], len(items), ms) for i in range(len(items))]
 

@@ -70,7 +70,8 @@ class Authenticator:
         except LookupError:
             # Redis is down: devices seen before keep working; unknown ones are refused.
             return cached[0] if cached is not None else None
-        self._cache[device] = (value, time.monotonic())
+        if value is not None:  # unknown devices are asked about again: they may be registered any moment
+            self._cache[device] = (value, time.monotonic())
         return value
 
 

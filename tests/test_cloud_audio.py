@@ -65,3 +65,12 @@ def test_over_long_audio_is_refused_not_cut() -> None:
     with pytest.raises(AudioError, match=r"31.0 s long; the limit is 30 s"):
         decode_audio(Encoding.PCM16, SAMPLE_RATE, data, 30.0)
     assert decode_audio(Encoding.PCM16, SAMPLE_RATE, data[: SAMPLE_RATE * 2 * 30], 30.0).seconds == 30.0
+
+
+def test_length_chunks_keep_similar_durations_together() -> None:
+    from cloud_service.asr_model import length_chunks
+
+    seconds = [5.5, 1.5, 25.4, 3.3, 1.8, 19.2, 2.6]
+    chunks = length_chunks(list(range(len(seconds))), [int(s * SAMPLE_RATE) for s in seconds])
+    assert [[seconds[i] for i in c] for c in chunks] == [[1.5, 1.8, 2.6], [3.3, 5.5], [19.2, 25.4]]
+    assert sorted(i for c in chunks for i in c) == list(range(len(seconds)))
