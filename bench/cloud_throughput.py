@@ -157,15 +157,18 @@ def _token(redis_url: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the figures here")
-    p.add_argument("--quick", action="store_true", help="fewer requests per client (a rough figure)")
+    p.add_argument("--quick", action="store_true", help="16 segments per run instead of 32 (a rough figure)")
     p.add_argument("--model", default=str(ROOT / "models" / "base.pt"))
     p.add_argument("--batched", type=int, default=16, help="max_batch of the batched configuration")
     p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
     p.add_argument("--no-redis", action="store_true", help="run without Redis (and without auth)")
     args = p.parse_args(argv)
 
-    per_client = {1: 4, 4: 2, 16: 1} if args.quick else {1: 8, 4: 4, 16: 3}
-    clips = _clips(32)
+    # Every run sends the same clips (0..total-1), split over its clients, so runs compare like for like;
+    # the two servers run side by side and each pair is measured back to back, so a busy neighbour on a
+    # shared machine skews both sides of a comparison alike.
+    total = 16 if args.quick else 32
+    clips = _clips(total)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="cloud-bench-") as tmp:
         redis_server = None
@@ -177,33 +180,35 @@ def main(argv: list[str] | None = None) -> int:
             redis_server.start()
             redis_url = redis_server.url
         token = _token(redis_url)
+        services: dict[int, Service] = {}
         try:
             for max_batch in (args.batched, 1):
-                svc = Service(args.model, max_batch, redis_url, Path(tmp), args.threads)
-                try:
-                    svc.wait()
-                    asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
-                    for conc in CONCURRENCY:
-                        lat, over, server_over, batches, wall = asyncio.run(
-                            _drive(svc.port, token, clips, conc, per_client[conc], f"b{max_batch}c{conc}")
-                        )
-                        run = Run(
-                            conc,
-                            max_batch,
-                            len(lat),
-                            len(lat) / wall,
-                            float(np.percentile(lat, 50)),
-                            float(np.percentile(lat, 95)),
-                            float(np.percentile(over, 50)),
-                            float(np.percentile(over, 95)),
-                            float(np.percentile(server_over, 95)),
-                            float(np.mean(batches)),
-                        )
-                        runs.append(run)
-                        print(json.dumps(asdict(run)), flush=True)
-                finally:
-                    svc.stop()
+                services[max_batch] = Service(args.model, max_batch, redis_url, Path(tmp), args.threads)
+            for max_batch, svc in services.items():
+                svc.wait()
+                asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
+            for conc in CONCURRENCY:
+                for max_batch, svc in services.items():
+                    lat, over, server_over, batches, wall = asyncio.run(
+                        _drive(svc.port, token, clips, conc, total // conc, f"b{max_batch}c{conc}")
+                    )
+                    run = Run(
+                        conc,
+                        max_batch,
+                        len(lat),
+                        len(lat) / wall,
+                        float(np.percentile(lat, 50)),
+                        float(np.percentile(lat, 95)),
+                        float(np.percentile(over, 50)),
+                        float(np.percentile(over, 95)),
+                        float(np.percentile(server_over, 95)),
+                        float(np.mean(batches)),
+                    )
+                    runs.append(run)
+                    print(json.dumps(asdict(run)), flush=True)
         finally:
+            for svc in services.values():
+                svc.stop()
             if redis_server is not None:
                 redis_server.stop()
 
