@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from shared.errors import UserError
 
@@ -70,6 +71,35 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from cloud_service.auth import hash_token, new_token
+    from cloud_service.store import device_key
+
+    try:
+        token = new_token(args.name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not args.redis:
+        raise UserError("give --redis URL (or set CLOUD_REDIS_URL): the device registry lives there")
+    client = redis.Redis.from_url(args.redis, socket_connect_timeout=3.0, socket_timeout=3.0)
+    fields: dict[Any, Any] = {"token_sha256": hash_token(token), "created": f"{time.time():.0f}"}
+    try:
+        if client.exists(device_key(args.name)) and not args.rotate:
+            raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token")
+        client.hset(device_key(args.name), mapping=fields)
+    except redis.RedisError as exc:
+        raise UserError(f"cannot reach Redis at {args.redis}: {exc}") from None
+    finally:
+        client.close()
+    # The only time the token is shown: Redis keeps just its sha256.
+    print(token)
+    return 0
+
+
 def _checkpoint_arg(value: str) -> str:
     # `model build tiny.en` is shorthand for the fetched checkpoint models/tiny.en.pt.
     if not value.endswith(".pt") and os.path.sep not in value:
@@ -124,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     from cloud_service.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
 
     add_fleet_commands(sub, model)
+
+    dev = sub.add_parser("device", help="device registry (cloud auth)").add_subparsers(dest="device_cmd",
+                                                                                       required=True)
+    d = dev.add_parser("add", help="register a device; prints its bearer token once, stores only the hash")
+    d.add_argument("name", help="device id")
+    d.add_argument("--redis", default=os.environ.get("CLOUD_REDIS_URL"), help="redis://HOST:PORT/DB")
+    d.add_argument("--rotate", action="store_true", help="replace the token of a registered device")
+    d.set_defaults(func=_cmd_device_add)
     return p
 
 

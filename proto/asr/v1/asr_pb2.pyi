@@ -92,7 +92,7 @@ class ServerTiming(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class TranscribeResponse(_message.Message):
-    __slots__ = ("segment_id", "text", "language", "segments", "avg_logprob", "model_name", "model_version", "timing", "cached")
+    __slots__ = ("segment_id", "text", "language", "segments", "avg_logprob", "model_name", "model_version", "timing", "cached", "device_id", "temperature", "no_speech_prob")
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,9 @@ class TranscribeResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    NO_SPEECH_PROB_FIELD_NUMBER: _ClassVar[int]
     segment_id: str
     text: str
     language: str
@@ -111,7 +114,10 @@ class TranscribeResponse(_message.Message):
     model_version: str
     timing: ServerTiming
     cached: bool
-    def __init__(self, segment_id: _Optional[str] = ..., text: _Optional[str] = ..., language: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., avg_logprob: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., cached: _Optional[bool] = ...) -> None: ...
+    device_id: str
+    temperature: float
+    no_speech_prob: float
+    def __init__(self, segment_id: _Optional[str] = ..., text: _Optional[str] = ..., language: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., avg_logprob: _Optional[float] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., timing: _Optional[_Union[ServerTiming, _Mapping]] = ..., cached: _Optional[bool] = ..., device_id: _Optional[str] = ..., temperature: _Optional[float] = ..., no_speech_prob: _Optional[float] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("segment_id", "stream_id")

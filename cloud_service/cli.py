@@ -1,0 +1,132 @@
+"""Argument parsing for `cloud-service serve` and `cloud-service worker`, and the CloudConfig they build."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from cloud_service import config as c
+from cloud_service.config import CloudConfig, TlsConfig
+from shared.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="base", help="checkpoint name (models/NAME.pt) or path (default: base)")
+    p.add_argument("--models-root", default="models", help="checkpoints and edge artifacts (default: models)")
+    p.add_argument("--device", default="auto", help="auto (CUDA+fp16 if present, else CPU fp32), cpu, cuda:0")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
+    p.add_argument("--redis", default=os.environ.get("CLOUD_REDIS_URL"), help="redis://HOST:PORT/DB")
+    p.add_argument("--result-ttl-s", type=int, default=c.DEFAULT_RESULT_TTL_S)
+    p.add_argument("--max-audio-s", type=float, default=c.DEFAULT_MAX_AUDIO_S)
+    p.add_argument("--fleet", default="default", help="fleet name in MQTT topics")
+    p.add_argument("--stream", default=c.DEFAULT_STREAM, help="Redis Stream of Submit jobs")
+    p.add_argument("--group", default=c.DEFAULT_GROUP, help="consumer group of the workers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloud-service", description="Whisper cloud service")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gRPC EscalationService")
+    _common(s)
+    s.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT (default 0.0.0.0:50051)")
+    s.add_argument("--max-batch", type=int, default=c.DEFAULT_MAX_BATCH)
+    s.add_argument("--max-wait-ms", type=float, default=c.DEFAULT_MAX_WAIT_MS)
+    s.add_argument("--queue-size", type=int, default=c.DEFAULT_QUEUE_SIZE)
+    s.add_argument(
+        "--rate-limit", type=int, default=c.DEFAULT_RATE_LIMIT_PER_MIN, help="per device per minute"
+    )
+    s.add_argument(
+        "--no-auth", action="store_true", help="accept requests without a device token (labs only)"
+    )
+    s.add_argument("--tls-cert", help="server certificate (PEM)")
+    s.add_argument("--tls-key", help="server private key (PEM)")
+    s.add_argument("--tls-client-ca", help="CA for client certificates: turns on mTLS")
+    s.add_argument("--grace-s", type=float, default=5.0, help="time in-flight RPCs get on SIGTERM")
+
+    w = sub.add_parser("worker", help="decode Submit jobs from the Redis Stream, publish results to MQTT")
+    _common(w)
+    w.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}", help="consumer name")
+    w.add_argument("--batch", type=int, default=c.DEFAULT_WORKER_BATCH, help="stream entries per batch")
+    w.add_argument(
+        "--claim-min-idle-ms",
+        type=int,
+        default=c.DEFAULT_CLAIM_MIN_IDLE_MS,
+        help="reclaim jobs pending this long (their worker died)",
+    )
+    w.add_argument("--mqtt-host", help="broker for results (none: results only in Redis)")
+    w.add_argument("--mqtt-port", type=int, default=1883)
+    return p
+
+
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    cert, key, ca = (
+        getattr(args, "tls_cert", None),
+        getattr(args, "tls_key", None),
+        getattr(args, "tls_client_ca", None),
+    )
+    if not cert and not key:
+        if ca:
+            raise UserError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cert and key):
+        raise UserError("TLS needs both --tls-cert and --tls-key")
+    return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
+
+
+def config_from_args(args: argparse.Namespace) -> CloudConfig:
+    positive = {
+        "--beam-size": args.beam_size,
+        "--max-audio-s": args.max_audio_s,
+        "--max-batch": getattr(args, "max_batch", 1),
+        "--queue-size": getattr(args, "queue_size", 1),
+        "--batch": getattr(args, "batch", 1),
+    }
+    for flag, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    return CloudConfig(
+        model=args.model,
+        models_root=Path(args.models_root),
+        device=args.device,
+        threads=args.threads,
+        beam_size=args.beam_size,
+        max_batch=getattr(args, "max_batch", c.DEFAULT_MAX_BATCH),
+        max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),
+        queue_size=getattr(args, "queue_size", c.DEFAULT_QUEUE_SIZE),
+        max_audio_s=args.max_audio_s,
+        redis_url=args.redis,
+        result_ttl_s=args.result_ttl_s,
+        rate_limit_per_min=getattr(args, "rate_limit", c.DEFAULT_RATE_LIMIT_PER_MIN),
+        auth=not getattr(args, "no_auth", False),
+        tls=_tls(args),
+        fleet=args.fleet,
+        stream=args.stream,
+        group=args.group,
+        consumer=getattr(args, "consumer", "worker-1"),
+        worker_batch=getattr(args, "batch", c.DEFAULT_WORKER_BATCH),
+        claim_min_idle_ms=getattr(args, "claim_min_idle_ms", c.DEFAULT_CLAIM_MIN_IDLE_MS),
+        mqtt_host=getattr(args, "mqtt_host", None),
+        mqtt_port=getattr(args, "mqtt_port", 1883),
+        grace_s=getattr(args, "grace_s", 5.0),
+    )
+
+
+def run(args: argparse.Namespace, config: CloudConfig) -> int:
+    if not config.checkpoint_path().is_file():
+        raise UserError(
+            f"checkpoint {config.checkpoint_path()} not found (run `fleetctl model fetch {args.model}`)"
+        )
+    if args.command == "serve":
+        from cloud_service.server import serve
+
+        serve(config, args.listen)
+    else:
+        from cloud_service.worker import run_worker
+
+        run_worker(config)
+    return 0

@@ -1,0 +1,65 @@
+"""The one typed configuration object of a cloud-service process, built by the CLI and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Defaults, named so the CLI, the docs and the tests agree on them.
+DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_WAIT_MS = 10.0  # how long the first request of a batch waits for company
+DEFAULT_QUEUE_SIZE = 64  # requests waiting for the model before RESOURCE_EXHAUSTED
+DEFAULT_MAX_AUDIO_S = 30.0  # one Whisper window; longer audio is refused, not silently cut
+DEFAULT_RESULT_TTL_S = 24 * 3600
+DEFAULT_RATE_LIMIT_PER_MIN = 600
+DEFAULT_STREAM = "asr:jobs"
+DEFAULT_GROUP = "asr-workers"
+DEFAULT_CLAIM_MIN_IDLE_MS = 60_000  # a job pending this long belongs to a dead worker
+DEFAULT_WORKER_BATCH = 8
+DEFAULT_REDIS_RETRY_S = 2.0  # while Redis is down, try it again at most this often
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: mTLS, clients must present a certificate signed by this CA
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    model: str = "base"  # a name (models/NAME.pt) or a checkpoint path
+    models_root: Path = Path("models")  # where checkpoints and edge artifacts (FetchModel) live
+    device: str = "auto"  # auto: CUDA with fp16 when present, else CPU fp32
+    threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
+    beam_size: int = 5
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    max_audio_s: float = DEFAULT_MAX_AUDIO_S
+    redis_url: str | None = None  # None: no dedup, no registry (then auth must be off)
+    redis_retry_s: float = DEFAULT_REDIS_RETRY_S
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
+    rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # 0: unlimited
+    auth: bool = True
+    tls: TlsConfig | None = None
+    fleet: str = "default"
+    stream: str = DEFAULT_STREAM
+    group: str = DEFAULT_GROUP
+    consumer: str = "worker-1"
+    worker_batch: int = DEFAULT_WORKER_BATCH
+    claim_min_idle_ms: int = DEFAULT_CLAIM_MIN_IDLE_MS
+    mqtt_host: str | None = None
+    mqtt_port: int = 1883
+    grace_s: float = 5.0  # graceful-shutdown time for in-flight RPCs
+
+    def checkpoint_path(self) -> Path:
+        p = Path(self.model)
+        if p.suffix == ".pt" or p.exists():
+            return p
+        return self.models_root / f"{self.model}.pt"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.models_root

@@ -1,0 +1,148 @@
+"""Redis state of the cloud service: results by segment_id, the device registry, rate limits, counters, the
+job stream. Redis is optional at run time: when it goes away every call degrades (no dedup, cached auth),
+the outage is logged once, and calls try Redis again every `retry_s` until it answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SOCKET_TIMEOUT_S = 0.5  # a Redis that does not answer in this time is treated as down
+STATS_KEY = "asr:stats"
+STREAM_MAXLEN = 100_000  # approximate cap on the job stream
+
+
+def result_key(segment_id: str) -> str:
+    return f"asr:result:{segment_id}"
+
+
+def published_key(segment_id: str) -> str:
+    return f"asr:published:{segment_id}"
+
+
+def device_key(device_id: str) -> str:
+    return f"asr:device:{device_id}"
+
+
+def rate_key(device_id: str, window: int) -> str:
+    return f"asr:rate:{device_id}:{window}"
+
+
+def connect(url: str) -> Any:
+    """An asyncio Redis client that fails fast (one quick retry) instead of stalling requests."""
+    import redis.asyncio as aioredis
+    from redis.backoff import ConstantBackoff
+    from redis.retry import Retry
+
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(ConstantBackoff(0.01), 1),
+        health_check_interval=0,
+    )
+
+
+class Store:
+    """Async Redis access that never raises for an unavailable Redis; callers get the given default."""
+
+    def __init__(self, url: str | None, result_ttl_s: int, retry_s: float = 2.0) -> None:
+        self.url = url
+        self.result_ttl_s = result_ttl_s
+        self.retry_s = retry_s
+        self._redis: Any = connect(url) if url else None
+        self._down_since: float | None = None
+        self._next_try = 0.0
+
+    @property
+    def available(self) -> bool:
+        return self._redis is not None and self._down_since is None
+
+    async def _call(self, what: str, fn: Callable[[Any], Awaitable[T]], default: T) -> T:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        if self._redis is None:
+            return default
+        now = time.monotonic()
+        if self._down_since is not None and now < self._next_try:
+            return default
+        try:
+            value = await fn(self._redis)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            if self._down_since is None:
+                self._down_since = now
+                log.warning(
+                    "Redis unavailable (%s during %s): serving without dedup or rate limits; "
+                    "retrying every %.0f s",
+                    type(exc).__name__,
+                    what,
+                    self.retry_s,
+                )
+            self._next_try = now + self.retry_s
+            return default
+        if self._down_since is not None:
+            log.warning("Redis is back after %.1f s", now - self._down_since)
+            self._down_since = None
+        return value
+
+    async def get_result(self, segment_id: str) -> bytes | None:
+        return await self._call("get result", lambda r: r.get(result_key(segment_id)), None)
+
+    async def put_result(self, segment_id: str, data: bytes) -> bool:
+        """Store a result unless one is there already (the first writer wins). True if stored."""
+        ok = await self._call(
+            "put result", lambda r: r.set(result_key(segment_id), data, nx=True, ex=self.result_ttl_s), None
+        )
+        return bool(ok)
+
+    async def token_hash(self, device_id: str) -> str | None:
+        """The stored sha256 of the device's token; raises LookupError when Redis cannot say."""
+        sentinel = object()
+        value: Any = await self._call(
+            "device lookup", lambda r: r.hget(device_key(device_id), "token_sha256"), sentinel
+        )
+        if value is sentinel:
+            raise LookupError("device registry unavailable")
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def allow(self, device_id: str, per_minute: int) -> bool:
+        """Fixed one-minute window per device. Fails open when Redis is down."""
+        if per_minute <= 0:
+            return True
+        key = rate_key(device_id, int(time.time() // 60))
+
+        async def count(r: Any) -> int:
+            async with r.pipeline(transaction=True) as p:
+                p.incr(key)
+                p.expire(key, 120)
+                n, _ = await p.execute()
+            return int(n)
+
+        return await self._call("rate limit", count, 0) <= per_minute
+
+    async def incr(self, counter: str, n: int = 1) -> None:
+        await self._call("counter", lambda r: r.hincrby(STATS_KEY, counter, n), None)
+
+    async def enqueue(self, stream: str, fields: dict[str, bytes | str]) -> str | None:
+        """XADD a job; None when Redis is down (the caller must refuse the job, not lose it)."""
+        entry = await self._call(
+            "enqueue", lambda r: r.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True), None
+        )
+        if entry is None:
+            return None
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    async def stats(self) -> dict[str, int]:
+        raw: dict[bytes, bytes] = await self._call("stats", lambda r: r.hgetall(STATS_KEY), {})
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
