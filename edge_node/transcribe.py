@@ -39,6 +39,10 @@ class Segment:
     confidence: float
     escalate: bool
     words: tuple[WordTiming, ...]
+    # The audio the text was decoded from: the VAD window (start/end above are tightened to the words). An
+    # escalation sends this span, so speech the edge could not read is not cut off.
+    audio_start: float = 0.0
+    audio_end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ class EdgeTranscriber:
             spans = self._timestamp_spans(r, w.start)
         segments = []
         for start, end, text, lps, ents in spans:
+            audio_span = (w.start, w.end) if self.options.without_timestamps else (start, end)
             seg_words = tuple(x for x in words if start - 0.5 <= (x.start + x.end) / 2 <= end + 0.5)
             if self.options.without_timestamps and seg_words:
                 start, end = seg_words[0].start, max(seg_words[-1].end, seg_words[0].start)
@@ -243,6 +248,8 @@ class EdgeTranscriber:
                     confidence=v.confidence,
                     escalate=v.escalate,
                     words=seg_words,
+                    audio_start=round(audio_span[0], 3),
+                    audio_end=round(audio_span[1], 3),
                 )
             )
         return segments
