@@ -34,6 +34,8 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--beam", type=int, default=None)
     p.add_argument("--prompt", default=None, help="initial prompt (hot words)")
+    p.add_argument("--split-pause", type=float, default=0.8, metavar="SECONDS",
+                   help="a pause this long ends a segment, so each utterance is judged on its own (default 0.8)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per cloud call, seconds")
     p.add_argument("--heartbeat-file", type=Path, help="touched while alive (container health checks)")
     m = p.add_argument_group("MQTT control plane (live parameters, model rollouts, state)")
@@ -76,7 +78,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     pubkey = args.operator_pubkey or (Path("keys/operator.pub") if Path("keys/operator.pub").exists() else None)
     agent = _agent_config(args, pubkey) if args.mqtt else None
     edge = EdgeConfig(model_dir=args.model_dir, threads=args.threads, beam_size=args.beam,
-                      initial_prompt=args.prompt)
+                      initial_prompt=args.prompt, split_pause_s=args.split_pause if args.split_pause > 0 else None)
     return DaemonConfig(
         source=args.source, device_id=args.device_id, state_dir=args.state_dir, edge=edge, policy=policy,
         cloud=cloud, outbox_key_file=args.outbox_key_file,
