@@ -36,6 +36,7 @@ from scripts.demo_topology import (  # noqa: E402
     edge_supports_mqtt,
     register_device,
     start_redis,
+    submit,
 )
 from tests.servers import free_port  # noqa: E402
 
@@ -230,6 +231,19 @@ class Demo:
 
         self.check(self.record.wait(acked, 30), f"config v{version} acked (accepted) by {', '.join(NODES)}")
 
+    def async_path(self) -> None:
+        """Submit -> Redis Stream -> worker -> MQTT results topic: the cloud's asynchronous path."""
+        clip = self.clips[1]["edge-2"][0]
+        seg_id = f"edge-2-async-{clip.name}"
+        stream_id = submit(self.cloud_target, "edge-2", self.out / "tokens" / "edge-2.token", seg_id, clip.path)
+        self.say(f"Submit {clip.name} as edge-2 -> Redis stream asr:jobs entry {stream_id}", "worker")
+
+        def published() -> bool:
+            return any(r.get("segment_id") == seg_id for r in self.record.results)
+
+        self.check(self.record.wait(published, 90),
+                   "worker decoded the submitted job and published it to fleet/demo/devices/edge-2/results")
+
     def status(self) -> None:
         done = self.fleetctl("status", *self.fleet_args("fleet-operator"))
         self.say("$ fleetctl status --fleet demo", "operator")
@@ -274,7 +288,7 @@ class Demo:
             e_err, f_err = (word_errors(ref, words(t, info.lang)) for t in (edge, final))
             how = "escalated" if any(not s["final"] for s in segs) else "edge only"
             conf = ", ".join(f"{s['confidence']:.2f}" for s in segs) or "-"
-            self.say(f"phase {info.phase} {info.node} {info.clip:<28} conf {conf:<5} {how:<9} "
+            self.say(f"phase {info.phase} {info.node} {info.clip:<34} conf {conf:<5} {how:<9} "
                      f"{e_err:>2} -> {f_err:>2} of {len(ref)} words", "summary")
 
     # -- stop -------------------------------------------------------------------------------------------------
@@ -315,6 +329,7 @@ def main() -> int:
         demo.change_config()
         demo.say(f"phase 2: after the operator's change (escalate below {NEW_THRESHOLD})")
         demo.feed(2)
+        demo.async_path()
         demo.status()
         demo.verify()
         demo.summary()

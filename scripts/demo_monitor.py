@@ -45,6 +45,7 @@ class Record:
     failures: list[dict[str, Any]] = field(default_factory=list)  # escalation_failed events
     acks: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)  # asynchronous results published by the worker
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def file_of(self, segment_id: str) -> FileInfo | None:
@@ -108,12 +109,12 @@ class EventTail(threading.Thread):
             verdict = "final" if ev["final"] else "ESCALATED -> cloud"
             if ev.get("budget_exceeded"):
                 verdict = "final (over budget, not escalated)"
-            self.console.say(node, f"{clip:<24} edge  {_short(ev['text'])}  conf {ev['confidence']:.2f}  {verdict}")
+            self.console.say(node, f"{clip:<34} edge  {_short(ev['text'])}  conf {ev['confidence']:.2f}  {verdict}")
         elif kind == "revision":
-            self.console.say(node, f"{clip:<24} cloud {_short(ev['text'])}  lang {ev.get('language') or '?'}  "
+            self.console.say(node, f"{clip:<34} cloud {_short(ev['text'])}  lang {ev.get('language') or '?'}  "
                                    "revision (final)")
         elif kind == "escalation_failed":
-            self.console.say(node, f"{clip:<24} escalation FAILED: {ev.get('reason')}")
+            self.console.say(node, f"{clip:<34} escalation FAILED: {ev.get('reason')}")
         with self.record.cond:
             ev = {**ev, "node": node}
             if kind == "segment":
@@ -132,7 +133,7 @@ class MqttWatch:
         from cloud_service.fleet.mqtt_io import QOS, connect
 
         self.record, self.console = record, console
-        subs = [(f"fleet/{fleet}/devices/+/ack", QOS), (f"fleet/{fleet}/devices/+/state", QOS)]
+        subs = [(f"fleet/{fleet}/devices/+/{leaf}", QOS) for leaf in ("ack", "state", "results")]
         self.client = connect(settings, f"demo-watch-{time.monotonic_ns()}", self._on_message, subs)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -143,9 +144,13 @@ class MqttWatch:
             self.console.say("mqtt", f"{msg.topic}: not JSON ({len(msg.payload)} bytes)")
             return
         leaf = msg.topic.rsplit("/", 1)[-1]
-        device = body.get("device", "?")
+        device = body.get("device") or msg.topic.split("/")[3]
         with self.record.cond:
-            if leaf == "ack":
+            if leaf == "results":
+                self.record.results.append(body)
+                self.console.say("worker", f"{device} result on {msg.topic}: {_short(body.get('text', ''))}  "
+                                           f"lang {body.get('language')}  segment {body.get('segment_id')}")
+            elif leaf == "ack":
                 self.record.acks.append(body)
                 verdict = "accepted" if body.get("accepted") else f"REJECTED ({body.get('reason')})"
                 self.console.say("mqtt", f"{device} ack {body.get('kind')} v{body.get('version')}: {verdict}")

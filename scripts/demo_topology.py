@@ -155,3 +155,25 @@ def edge_supports_mqtt() -> bool:
     """The `--mqtt` options of `edge-node run` (the device agent inside the daemon) are present in this tree."""
     return '"--mqtt"' in (ROOT / "edge_node" / "run_cli.py").read_text()
 
+
+
+def submit(target: str, device: str, token_file: Path, segment_id: str, wav: Path) -> str:
+    """The asynchronous path: `Submit` a whole clip (PCM16) as `device`; returns the Redis Stream entry id."""
+    import grpc
+    import numpy as np
+
+    from proto.asr.v1 import asr_pb2, asr_pb2_grpc
+    from shared.audio import load_audio
+
+    pcm = (np.clip(load_audio(wav), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    request = asr_pb2.TranscribeRequest(
+        segment_id=segment_id, device_id=device, language="detect",
+        audio=asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=16000, data=pcm))
+    token = token_file.read_text().strip()
+    with grpc.insecure_channel(target) as channel:
+        stub = asr_pb2_grpc.EscalationServiceStub(channel)
+        try:
+            reply = stub.Submit(request, timeout=10, metadata=(("authorization", f"Bearer {token}"),))
+        except grpc.RpcError as exc:
+            raise StartError(f"Submit {segment_id}: {exc.code().name} {exc.details()}") from None
+    return str(reply.stream_id)
