@@ -113,7 +113,8 @@ class Demo:
         self.cloud_target = f"127.0.0.1:{free_port()}"
         model = str(ROOT / "models" / "base.pt")
         self.procs["cloud"] = Proc("cloud", [PY, "-m", "cloud_service", "serve", "--listen", self.cloud_target,
-                                             "--model", model, "--redis", self.redis.url, "--threads", "1"],
+                                             "--model", model, "--redis", self.redis.url, "--threads", "1",
+                                             "--fleet", FLEET],
                                    self.out / "cloud.log").start()
         heartbeat = self.out / "worker.heartbeat"
         self.procs["worker"] = Proc("worker", [
@@ -241,7 +242,7 @@ class Demo:
         def published() -> bool:
             return any(r.get("segment_id") == seg_id for r in self.record.results)
 
-        self.check(self.record.wait(published, 90),
+        self.check(self.record.wait(published, 60),
                    "worker decoded the submitted job and published it to fleet/demo/devices/edge-2/results")
 
     def status(self) -> None:
