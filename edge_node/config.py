@@ -55,6 +55,9 @@ class EdgeConfig:
     timestamps: bool = False  # segment windows further by Whisper's timestamp tokens
     word_timestamps: bool = True
     max_window_s: float = 30.0
+    # A pause this long ends a window (None: pack speech into windows up to max_window_s). The daemon splits on
+    # pauses so each utterance is judged, and escalated, on its own.
+    split_pause_s: float | None = None
     batch_size: int = 4  # windows of one long file decoded together
     audio_ctx: AudioContextPolicy = field(default_factory=AudioContextPolicy)
     vad: VadOptions = field(default_factory=VadOptions)

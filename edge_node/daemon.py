@@ -16,18 +16,24 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edge_node import confidence as conf
 from edge_node.cloud_client import CloudClientConfig, CloudError, EscalationClient
 from edge_node.config import EdgeConfig
-from edge_node.escalation_policy import EscalationBudget, EscalationPolicy, language_hint
+from edge_node.escalation_policy import EscalationBudget, EscalationPolicy, language_hint, wants_escalation
 from edge_node.events import EventWriter
+from edge_node.live_params import Tunables, apply_params
 from edge_node.outbox import Outbox, OutboxLimits, create_key, load_key
 from edge_node.retry import BackoffPolicy, BreakerPolicy, CircuitBreaker
 from edge_node.sources import AudioChunk, ProcessedLog, read_file, read_pcm16_stream, watch_directory
 from edge_node.transcribe import EdgeTranscriber, Segment
 from shared import audio
 from shared.wire_audio import WireEncoding, encode
+
+if TYPE_CHECKING:
+    from edge_node.agent import AgentConfig
+    from shared.fleet_schema import ConfigParams
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ class DaemonConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     stream_chunk_s: float = 20.0
+    agent: AgentConfig | None = None  # MQTT control plane: live parameters, model rollouts, state
+    operator_pubkey: Path | None = None  # verifies model artifacts pushed over MQTT
 
     @property
     def source_kind(self) -> str:
@@ -81,11 +89,20 @@ class EdgeDaemon:
         self.client = EscalationClient(config.cloud) if config.cloud else None
         self.processed = ProcessedLog(config.state_dir / "processed.txt")
         self.counters = {"segments": 0, "escalated": 0, "over_budget": 0, "revisions": 0}
+        # Live parameters and model swaps arrive on the MQTT agent's thread and are taken up between segments.
+        self._base = Tunables(config.edge, config.policy)
+        self.tunables = self._base
+        self._lock = threading.Lock()
+        self._pending_params: ConfigParams | None = None
+        self._candidate: EdgeTranscriber | None = None
+        self._swap_to: EdgeTranscriber | None = None
+        self.agent: Any = None
 
     # -- main loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
         self._emit_recorded_answers()
+        self._start_agent()
         sender = threading.Thread(target=self._send_loop, name="escalation-sender", daemon=True)
         if self.client:
             sender.start()
@@ -146,6 +163,8 @@ class EdgeDaemon:
             self.stop.wait(0.2)
 
     def _shutdown(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
         if self.client:
             self.client.close()
         stats = self.outbox.stats()
@@ -155,6 +174,7 @@ class EdgeDaemon:
 
     # -- edge side -----------------------------------------------------------------------------------------------
     def handle_chunk(self, chunk: AudioChunk) -> None:
+        self._take_updates()
         result = self.transcriber.transcribe(chunk.samples)
         now = time.monotonic()
         for seg in result.segments:
@@ -165,41 +185,47 @@ class EdgeDaemon:
         return f"{self.config.device_id}-{chunk.key}-{round((chunk.offset_s + seg.start) * 1000)}"
 
     def _handle_segment(self, chunk: AudioChunk, seg: Segment, now: float) -> None:
+        self._take_updates(policy_only=True)
         seg_id = self.segment_id(chunk, seg)
+        # Judged again under the parameters in force now, so a threshold pushed mid-file governs the next segment.
+        verdict = conf.judge(conf.SegmentFeatures(seg.avg_logprob, seg.no_speech_prob, seg.compression_ratio,
+                                                  seg.min_token_prob, seg.mean_entropy, seg.temperature, 2),
+                             self.tunables.edge.confidence)
         duration = max(0.0, max(seg.end, seg.audio_end) - min(seg.start, seg.audio_start or seg.start))
         self.budget.observe(now, duration)
         self.counters["segments"] += 1
-        escalate = seg.escalate and self.client is not None
+        escalate = self.client is not None and wants_escalation(verdict.escalate, seg.avg_logprob,
+                                                                 self.tunables.policy)
         over_budget = escalate and not self.budget.try_spend(now, duration)
         if over_budget:
             escalate = False
             self.counters["over_budget"] += 1
         if escalate:
-            request = self._request(chunk, seg, seg_id)
+            request = self._request(chunk, seg, seg_id, verdict.confidence)
             self.outbox.put(seg_id, request.SerializeToString(), duration)
             self.counters["escalated"] += 1
             self._wake.set()
         event: dict[str, Any] = {
             "type": "segment", "segment_id": seg_id,
             "start": round(chunk.offset_s + seg.start, 3), "end": round(chunk.offset_s + seg.end, 3),
-            "text": seg.text, "source": "edge", "final": not escalate, "confidence": round(seg.confidence, 4),
+            "text": seg.text, "source": "edge", "final": not escalate, "confidence": round(verdict.confidence, 4),
             "ts": round(time.time(), 3),
         }
         if over_budget:
             event["budget_exceeded"] = True
         self.events.emit(event)
 
-    def _request(self, chunk: AudioChunk, seg: Segment, seg_id: str) -> Any:
+    def _request(self, chunk: AudioChunk, seg: Segment, seg_id: str, confidence: float) -> Any:
         pb = self._pb
         start, end = (seg.audio_start, seg.audio_end) if seg.audio_end > seg.audio_start else (seg.start, seg.end)
         lo = max(0, int((start - SEGMENT_PAD_S) * audio.SAMPLE_RATE))
         hi = min(chunk.samples.size, int((end + SEGMENT_PAD_S) * audio.SAMPLE_RATE))
         enc = {WireEncoding.PCM16: pb.Audio.PCM16, WireEncoding.FLAC: pb.Audio.FLAC, WireEncoding.OPUS: pb.Audio.OPUS}
-        lang = language_hint(seg.confidence, self.config.policy)
+        lang = language_hint(confidence, self.tunables.policy)
         edge = pb.EdgeHypothesis(
             text=seg.text, avg_logprob=seg.avg_logprob, no_speech_prob=seg.no_speech_prob,
             compression_ratio=seg.compression_ratio, min_token_prob=seg.min_token_prob,
-            mean_entropy=seg.mean_entropy, confidence=seg.confidence,
+            mean_entropy=seg.mean_entropy, confidence=confidence,
         )
         return pb.TranscribeRequest(
             segment_id=seg_id, device_id=self.config.device_id,
@@ -208,6 +234,88 @@ class EdgeDaemon:
             language=lang, edge=edge, prompt=self.config.edge.initial_prompt or "",
             segment_start=chunk.offset_s + lo / audio.SAMPLE_RATE,
         )
+
+    # -- control plane (called on the MQTT agent's threads: never block them) --------------------------------------
+    def apply_params(self, params: ConfigParams) -> None:
+        with self._lock:
+            self._pending_params = params
+
+    def load_candidate(self, directory: Path) -> None:
+        from dataclasses import replace
+
+        candidate = EdgeTranscriber(replace(self.tunables.edge, model_dir=directory))
+        with self._lock:
+            self._candidate = candidate
+
+    def self_test(self) -> None:
+        """The candidate must decode a clip end to end: 2 s of a tone burst in silence (no crash, sane output)."""
+        import numpy as np
+
+        with self._lock:
+            candidate = self._candidate
+        if candidate is None:
+            raise RuntimeError("no candidate model loaded")
+        t = np.arange(2 * audio.SAMPLE_RATE) / audio.SAMPLE_RATE
+        clip = np.concatenate([np.zeros(audio.SAMPLE_RATE, np.float32),
+                               (0.2 * np.sin(2 * np.pi * 440 * t) * (t < 0.5)).astype(np.float32)])
+        result = candidate.transcribe(clip)
+        if result.duration <= 0 or any(not (0.0 <= s.confidence <= 1.0) for s in result.segments):
+            raise RuntimeError("candidate model produced an invalid result on the self-test clip")
+
+    def swap(self) -> None:
+        with self._lock:
+            self._swap_to, self._candidate = self._candidate, None
+
+    def discard_candidate(self) -> None:
+        with self._lock:
+            self._candidate = None
+
+    def _take_updates(self, policy_only: bool = False) -> None:
+        with self._lock:
+            params, swap = self._pending_params, self._swap_to
+            if not policy_only:
+                self._pending_params, self._swap_to = None, None
+        if params is not None:
+            new = apply_params(params, self._base)
+            if policy_only:
+                self.tunables = Tunables(replace_confidence(self.tunables.edge, new.edge), new.policy)
+                self.budget.policy = new.policy
+                return
+            reload = new.edge.threads != self.tunables.edge.threads
+            self.tunables = new
+            self.budget.policy = new.policy
+            if reload:
+                from dataclasses import replace
+
+                self.transcriber = EdgeTranscriber(replace(new.edge, model_dir=self.transcriber.config.model_dir))
+            else:
+                self.transcriber = self.transcriber.with_config(new.edge)
+            log.info("applied live parameters: %s", params.model_dump(exclude_none=True))
+        if swap is not None and not policy_only:
+            self.transcriber = swap.with_config(self.tunables.edge)
+            log.info("now serving model %s", swap.config.model_dir)
+
+    def _start_agent(self) -> None:
+        if self.config.agent is None:
+            return
+        from edge_node.agent import DeviceAgent
+        from edge_node.model_update import ModelUpdater, UpdaterConfig
+        from shared.signing import load_public_key
+
+        updater = None
+        if self.config.operator_pubkey and self.config.cloud:
+            updater = ModelUpdater(
+                UpdaterConfig(models_dir=self.config.state_dir / "models", state_dir=self.config.state_dir,
+                              grpc_target=self.config.cloud.target),
+                self, load_public_key(self.config.operator_pubkey),
+            )
+        self.agent = DeviceAgent(self.config.agent, self, updater, counters=self._state_counters)
+        self.agent.start()
+
+    def _state_counters(self) -> dict[str, float]:
+        seen = max(1, self.counters["segments"])
+        return {**{k: float(v) for k, v in self.counters.items()},
+                "escalation_rate": round(self.counters["escalated"] / seen, 4)}
 
     def _heartbeat(self) -> None:
         if self.config.heartbeat_file:
@@ -270,3 +378,10 @@ class EdgeDaemon:
                 self.breaker.record_success()
                 if self.outbox.record_answer(entry.segment_id, resp.SerializeToString()):
                     self._emit_revision(entry.segment_id, resp)
+
+
+def replace_confidence(edge: EdgeConfig, new: EdgeConfig) -> EdgeConfig:
+    """Only the confidence thresholds of `new`: what can change between two segments of one decoded chunk."""
+    from dataclasses import replace
+
+    return replace(edge, confidence=new.confidence)

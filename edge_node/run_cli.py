@@ -34,8 +34,18 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--beam", type=int, default=None)
     p.add_argument("--prompt", default=None, help="initial prompt (hot words)")
+    p.add_argument("--split-pause", type=float, default=0.8, metavar="SECONDS",
+                   help="a pause this long ends a segment, so each utterance is judged on its own (default 0.8)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per cloud call, seconds")
     p.add_argument("--heartbeat-file", type=Path, help="touched while alive (container health checks)")
+    m = p.add_argument_group("MQTT control plane (live parameters, model rollouts, state)")
+    m.add_argument("--mqtt", metavar="HOST:PORT", help="broker; omit to run without a control plane")
+    m.add_argument("--mqtt-user", help="broker user (default: the device id)")
+    m.add_argument("--mqtt-password-file", type=Path)
+    m.add_argument("--mqtt-tls-ca", type=Path, help="CA certificate: connect to the broker with TLS")
+    m.add_argument("--fleet", default="default")
+    m.add_argument("--operator-pubkey", type=Path, help="operator Ed25519 public key: verifies pushed "
+                   "config and models (default keys/operator.pub when present)")
     p.add_argument("--keep-running", action="store_true", help="after a file or stdin ends, keep serving "
                    "instead of exiting once the outbox is drained")
     p.set_defaults(func=cmd_run)
@@ -65,15 +75,39 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if not 0.0 <= args.budget <= 1.0:
             raise UserError(f"--budget is a share of audio seconds in [0, 1], not {args.budget}")
         policy = replace(policy, budget_fraction=args.budget)
+    pubkey = args.operator_pubkey or (Path("keys/operator.pub") if Path("keys/operator.pub").exists() else None)
+    agent = _agent_config(args, pubkey) if args.mqtt else None
     edge = EdgeConfig(model_dir=args.model_dir, threads=args.threads, beam_size=args.beam,
-                      initial_prompt=args.prompt)
+                      initial_prompt=args.prompt, split_pause_s=args.split_pause if args.split_pause > 0 else None)
     return DaemonConfig(
         source=args.source, device_id=args.device_id, state_dir=args.state_dir, edge=edge, policy=policy,
         cloud=cloud, outbox_key_file=args.outbox_key_file,
         outbox_limits=OutboxLimits(max_entries=args.outbox_max_entries), wire=WireEncoding(args.wire),
         events=args.events, exit_when_drained=False if args.keep_running else None,
-        heartbeat_file=args.heartbeat_file,
+        heartbeat_file=args.heartbeat_file, agent=agent, operator_pubkey=pubkey,
     )
+
+
+def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> Any:
+    from edge_node.agent import AgentConfig
+
+    host, _, port = args.mqtt.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--mqtt wants HOST:PORT, not {args.mqtt!r}")
+    password = None
+    if args.mqtt_password_file:
+        try:
+            password = args.mqtt_password_file.read_text().strip()
+        except OSError as exc:
+            raise UserError(f"cannot read {args.mqtt_password_file}: {exc.strerror}") from None
+    try:
+        return AgentConfig(
+            fleet=args.fleet, device_id=args.device_id, state_dir=args.state_dir / "agent", host=host,
+            port=int(port), username=args.mqtt_user or args.device_id, password=password,
+            operator_pubkey=pubkey, require_signed=pubkey is not None, tls_ca=args.mqtt_tls_ca,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -61,15 +61,18 @@ class Window:
     end: float
 
 
-def plan_windows(speech: list[SpeechSegment], duration: float, max_window_s: float = 30.0) -> list[Window]:
+def plan_windows(
+    speech: list[SpeechSegment], duration: float, max_window_s: float = 30.0, split_pause_s: float | None = None
+) -> list[Window]:
     """Pack VAD speech segments into windows of at most `max_window_s`, cut only in pauses (pure).
 
     A clip that fits in one window is decoded whole (as openai-whisper would) when it has any speech; a speech
-    run longer than a window is cut into window-sized pieces.
+    run longer than a window is cut into window-sized pieces. With `split_pause_s`, a pause at least that long
+    also ends a window: each utterance is then its own segment, with its own confidence and escalation.
     """
     if not speech:
         return []
-    if duration <= max_window_s:
+    if duration <= max_window_s and split_pause_s is None:
         return [Window(0.0, duration)]
     windows: list[Window] = []
     cur: Window | None = None
@@ -81,7 +84,8 @@ def plan_windows(speech: list[SpeechSegment], duration: float, max_window_s: flo
                 cur = None
             windows.append(Window(s, s + max_window_s))
             s += max_window_s
-        if cur is not None and e - cur.start <= max_window_s:
+        joins = split_pause_s is None or (cur is not None and s - cur.end < split_pause_s)
+        if cur is not None and e - cur.start <= max_window_s and joins:
             cur = Window(cur.start, e)
         else:
             if cur is not None:
@@ -129,7 +133,7 @@ class EdgeTranscriber:
         t0 = time.perf_counter()
         duration = samples.size / audio.SAMPLE_RATE
         speech = self.vad.speech_segments(samples, self.config.vad)
-        windows = plan_windows(speech, duration, self.config.max_window_s)
+        windows = plan_windows(speech, duration, self.config.max_window_s, self.config.split_pause_s)
         segments: list[Segment] = []
         # Windows of one length share an encoder shape: batch them.
         by_frames: dict[int, list[tuple[int, Window, np.ndarray]]] = {}
