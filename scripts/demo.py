@@ -246,6 +246,19 @@ class Demo:
                    "worker decoded the submitted job and published it to fleet/demo/devices/edge-2/results")
 
     def status(self) -> None:
+        # Devices republish their state (with counters) after each update and every 30 s; wait for the copy that
+        # includes the last segments, so the table's ESC RATE is the final one and not a stale one.
+        seen = Counter(s["node"] for s in self.record.segments)
+        escalated = Counter(s["node"] for s in self.record.segments if not s["final"])
+
+        def current() -> bool:
+            return all(self.record.states.get(n, {}).get("counters", {}).get("segments") == seen[n] for n in NODES)
+
+        if self.mqtt and not current():
+            self.say("waiting for the nodes' next state heartbeat (every 30 s) so status has the final counters")
+        fresh = self.mqtt and self.record.wait(current, 45)
+        self.check(fresh, "devices reported their final counters over MQTT (" + ", ".join(
+            f"{n}: {escalated[n]}/{seen[n]} escalated" for n in NODES) + ")")
         done = self.fleetctl("status", *self.fleet_args("fleet-operator"))
         self.say("$ fleetctl status --fleet demo", "operator")
         self.say(done.stdout.rstrip() or done.stderr.strip(), "status")
@@ -281,16 +294,21 @@ class Demo:
 
         self.say("per clip (word errors vs the Asterisk transcript: edge -> final):", "summary")
         revision = {r["segment_id"]: r["text"] for r in self.record.revisions}
-        for key, info in self.record.files.items():
+        totals = [0, 0, 0]  # edge errors, final errors, reference words
+        for key, info in sorted(self.record.files.items(), key=lambda kv: (kv[1].phase, kv[1].node)):
             segs = self.record.segments_of(key)
             edge = " ".join(s["text"] for s in segs)
             final = " ".join(revision.get(s["segment_id"], s["text"]) for s in segs)
             ref = words(info.text, info.lang)
             e_err, f_err = (word_errors(ref, words(t, info.lang)) for t in (edge, final))
+            totals = [totals[0] + e_err, totals[1] + f_err, totals[2] + len(ref)]
             how = "escalated" if any(not s["final"] for s in segs) else "edge only"
             conf = ", ".join(f"{s['confidence']:.2f}" for s in segs) or "-"
             self.say(f"phase {info.phase} {info.node} {info.clip:<34} conf {conf:<5} {how:<9} "
                      f"{e_err:>2} -> {f_err:>2} of {len(ref)} words", "summary")
+        e_tot, f_tot, n_tot = totals
+        self.say(f"all clips: edge alone {e_tot} word errors of {n_tot} (WER {e_tot / max(1, n_tot):.1%}); with the "
+                 f"cloud's revisions {f_tot} (WER {f_tot / max(1, n_tot):.1%})", "summary")
 
     # -- stop -------------------------------------------------------------------------------------------------
     def shutdown(self) -> None:
