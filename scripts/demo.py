@@ -63,6 +63,7 @@ def show_artifact() -> None:
 class Demo:
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out  # shorter console lines
         self.console = Console()
         self.record = Record()
         self.procs: dict[str, Proc] = {}
@@ -94,7 +95,7 @@ class Demo:
         self.clips = demo_audio.build(self.out / "audio")
         n = sum(len(c) for nodes in self.clips.values() for c in nodes.values())
         self.say(f"speech: {n} Asterisk prompts (en clean, en + white noise {demo_audio.NOISE_SNR_DB:g} dB, es) "
-                 f"in {self.out / 'audio'}", "setup")
+                 f"in {self.shown / 'audio'}/", "setup")
         self.redis = start_redis(self.out)
         self.say(f"redis-server   {self.redis.url}", "setup")
         self.broker.provision()
@@ -108,7 +109,8 @@ class Demo:
         tokens.mkdir(mode=0o700)
         for node in NODES:
             register_device(self.redis.url, node, tokens / f"{node}.token")
-        self.say(f"devices {', '.join(NODES)} registered; tokens in {tokens}/ (mode 0600, not shown)", "setup")
+        self.say(f"devices {', '.join(NODES)} registered; tokens in {self.shown / 'tokens'}/ (mode 0600, not shown)",
+                 "setup")
 
         self.cloud_target = f"127.0.0.1:{free_port()}"
         model = str(ROOT / "models" / "base.pt")
@@ -339,7 +341,7 @@ def main() -> int:
     out = ROOT / "bench" / "out" / f"demo-{stamp}"
     out.mkdir(parents=True)
     demo = Demo(out)
-    print(f"== whole-system demo: logs in {out}")
+    print(f"== whole-system demo: logs in {demo.shown}/")
     failure = ""
     try:
         demo.start()
@@ -362,7 +364,7 @@ def main() -> int:
         demo.say(f"{'ok  ' if ok else 'FAIL'} {what}", "check")
     failed = [what for ok, what in demo.checks if not ok]
     total = time.monotonic() - demo.console.t0
-    print(f"== demo finished in {total:.0f} s; logs, events and audio in {out}")
+    print(f"== demo finished in {total:.0f} s; logs, events and audio in {demo.shown}/")
     if failure or failed:
         print(f"demo failed: {failure or failed[0]}", file=sys.stderr)
         return 1

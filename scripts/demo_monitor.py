@@ -23,7 +23,7 @@ class Console:
         with self._lock:
             for i, line in enumerate(text.splitlines() or [""]):
                 stamp = f"{time.monotonic() - self.t0:6.1f}s" if i == 0 else " " * 7
-                print(f"{stamp} [{source:<7}] {line}", flush=True)
+                print(f"{stamp} [{source:<8}] {line}", flush=True)
 
 
 @dataclass(frozen=True)
