@@ -57,6 +57,7 @@ class DaemonConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     stream_chunk_s: float = 20.0
+    in_flight: int = 4  # concurrent escalation calls: the cloud batches requests that arrive together
     agent: AgentConfig | None = None  # MQTT control plane: live parameters, model rollouts, state
     operator_pubkey: Path | None = None  # verifies model artifacts pushed over MQTT
 
@@ -97,6 +98,7 @@ class EdgeDaemon:
         self._candidate: EdgeTranscriber | None = None
         self._swap_to: EdgeTranscriber | None = None
         self.agent: Any = None
+        self._failing = False
 
     # -- main loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -336,48 +338,63 @@ class EdgeDaemon:
         self.counters["revisions"] += 1
 
     def _send_loop(self) -> None:
+        """Drain the outbox: up to `in_flight` requests at once (the cloud batches them), oldest first."""
+        from concurrent.futures import ThreadPoolExecutor
+
         assert self.client is not None
-        failing = False
-        while not self._sender_stop.is_set():
-            self._heartbeat()
-            if not self.breaker.allow():
-                self._wake.wait(max(0.05, self.breaker.retry_in()))
-                self._wake.clear()
-                continue
-            entries = self.outbox.due(limit=8)
-            if not entries:
-                nxt = self.outbox.next_due_in()
-                self._wake.wait(1.0 if nxt is None else min(1.0, max(0.05, nxt)))
-                self._wake.clear()
-                continue
-            for entry in entries:
-                if self._sender_stop.is_set():
-                    return
-                request = self._pb.TranscribeRequest.FromString(entry.payload)
-                try:
-                    resp = self.client.transcribe(request)
-                except CloudError as err:
-                    self.breaker.record_failure()
-                    if not failing:
-                        log.warning("escalation to %s failed (%s); %d pending, kept in the outbox, retrying with "
-                                    "backoff", self.config.cloud.target if self.config.cloud else "?", err,
-                                    self.outbox.stats()["pending"])
-                    failing = True
-                    if err.retryable or err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                        if err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                            log.error("the cloud refused this device's token (%s): check --token-file", err.code)
-                        self.outbox.retry_later(entry.segment_id, self.config.backoff.delay(entry.attempts))
+        client = self.client
+        self._failing = False
+        with ThreadPoolExecutor(max_workers=self.config.in_flight, thread_name_prefix="escalate") as pool:
+            while not self._sender_stop.is_set():
+                self._heartbeat()
+                if not self.breaker.allow():
+                    self._wake.wait(max(0.05, self.breaker.retry_in()))
+                    self._wake.clear()
+                    continue
+                entries = self.outbox.due(limit=self.config.in_flight)
+                if not entries:
+                    nxt = self.outbox.next_due_in()
+                    self._wake.wait(1.0 if nxt is None else min(1.0, max(0.05, nxt)))
+                    self._wake.clear()
+                    continue
+                requests = [self._pb.TranscribeRequest.FromString(e.payload) for e in entries]
+                futures = [pool.submit(_call, client, r) for r in requests]
+                for entry, future in zip(entries, futures, strict=True):
+                    outcome = future.result()
+                    if isinstance(outcome, CloudError):
+                        self._on_failure(entry.segment_id, entry.attempts, outcome)
                     else:
-                        self.outbox.give_up(entry.segment_id, str(err))
-                        self.events.emit({"type": "escalation_failed", "segment_id": entry.segment_id,
-                                          "reason": str(err), "ts": round(time.time(), 3)})
-                    break
-                if failing:
-                    log.info("cloud reachable again; draining the outbox")
-                failing = False
-                self.breaker.record_success()
-                if self.outbox.record_answer(entry.segment_id, resp.SerializeToString()):
-                    self._emit_revision(entry.segment_id, resp)
+                        self._on_answer(entry.segment_id, outcome)
+
+    def _on_answer(self, seg_id: str, resp: Any) -> None:
+        if self._failing:
+            log.info("cloud reachable again; draining the outbox")
+        self._failing = False
+        self.breaker.record_success()
+        if self.outbox.record_answer(seg_id, resp.SerializeToString()):
+            self._emit_revision(seg_id, resp)
+
+    def _on_failure(self, seg_id: str, attempts: int, err: CloudError) -> None:
+        self.breaker.record_failure()
+        if not self._failing:
+            log.warning("escalation to %s failed (%s); %d pending, kept in the outbox, retrying with backoff",
+                        self.config.cloud.target if self.config.cloud else "?", err, self.outbox.stats()["pending"])
+        self._failing = True
+        if err.retryable or err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            if err.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                log.error("the cloud refused this device's token (%s): check --token-file", err.code)
+            self.outbox.retry_later(seg_id, self.config.backoff.delay(attempts))
+        else:  # the cloud will never take this request (e.g. INVALID_ARGUMENT): dropped, logged, counted
+            self.outbox.give_up(seg_id, str(err))
+            self.events.emit({"type": "escalation_failed", "segment_id": seg_id, "reason": str(err),
+                              "ts": round(time.time(), 3)})
+
+
+def _call(client: EscalationClient, request: Any) -> Any:
+    try:
+        return client.transcribe(request)
+    except CloudError as err:
+        return err
 
 
 def replace_confidence(edge: EdgeConfig, new: EdgeConfig) -> EdgeConfig:

@@ -34,8 +34,8 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--beam", type=int, default=None)
     p.add_argument("--prompt", default=None, help="initial prompt (hot words)")
-    p.add_argument("--split-pause", type=float, default=0.8, metavar="SECONDS",
-                   help="a pause this long ends a segment, so each utterance is judged on its own (default 0.8)")
+    p.add_argument("--split-pause", type=float, default=0.5, metavar="SECONDS",
+                   help="a pause this long ends a segment, so each utterance is judged on its own (default 0.5)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per cloud call, seconds")
     p.add_argument("--heartbeat-file", type=Path, help="touched while alive (container health checks)")
     m = p.add_argument_group("MQTT control plane (live parameters, model rollouts, state)")
