@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +34,6 @@ from scripts.demo_topology import (  # noqa: E402
     Proc,
     StartError,
     cloud_healthy,
-    edge_supports_mqtt,
     register_device,
     start_redis,
     submit,
@@ -72,7 +72,6 @@ class Demo:
         self.broker = Broker(out, FLEET, NODES)
         self.watch: MqttWatch | None = None
         self.tail: EventTail | None = None
-        self.mqtt = edge_supports_mqtt()
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def say(self, text: str, source: str = "demo") -> None:
@@ -87,6 +86,9 @@ class Demo:
                 "--mqtt-user", user, "--mqtt-password-file", str(self.broker.passwords[user])]
 
     def fleetctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `fleetctl ARGS` as the operator would, echoing the command line (paths relative, no secrets)."""
+        shown = " ".join(a.replace(f"{ROOT}/", "") for a in args)
+        self.say(f"$ fleetctl {shown}", "operator")
         return subprocess.run([PY, "-m", "cloud_service.fleetctl", *args], cwd=ROOT, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
 
@@ -149,10 +151,9 @@ class Demo:
                    "--device-id", node, "--token-file", str(tokens / f"{node}.token"),
                    "--state-dir", str(self.out / node / "state"), "--events", str(events[node]),
                    "--keep-running", "--threads", "1", "--budget", "1.0"]
-            if self.mqtt:
-                cmd += ["--mqtt", f"127.0.0.1:{port}", "--mqtt-user", node, "--mqtt-password-file",
-                        str(self.broker.passwords[node]), "--fleet", FLEET,
-                        "--operator-pubkey", str(ROOT / "keys" / "operator.pub")]
+            cmd += ["--mqtt", f"127.0.0.1:{port}", "--mqtt-user", node, "--mqtt-password-file",
+                    str(self.broker.passwords[node]), "--fleet", FLEET,
+                    "--operator-pubkey", str(ROOT / "keys" / "operator.pub")]
             self.procs[node] = Proc(node, cmd, self.out / node / "edge.log").start()
         self.tail = EventTail(events, self.record, self.console)
         self.tail.start()
@@ -166,12 +167,10 @@ class Demo:
                 return self.record.states.get(n, {}).get("online") is True
 
             proc.wait_until(reading, 180, "'reading' log line")
-            if self.mqtt:
-                ok = self.record.wait(online, 60)
-                if not ok:
-                    raise StartError(f"{node} did not report online over MQTT within 60s")
-        how = "MQTT agent online" if self.mqtt else "no MQTT: `edge-node run --mqtt` is not in this tree yet"
-        self.say(f"edge nodes     {', '.join(NODES)} watching their incoming/ directories ({how})", "setup")
+            if not self.record.wait(online, 60):
+                raise StartError(f"{node} did not report online over MQTT within 60s")
+        self.say(f"edge nodes     {', '.join(NODES)} watching their incoming/ directories (MQTT agents online)",
+                 "setup")
 
     # -- feed ----------------------------------------------------------------------------------------------
     def feed(self, phase: int) -> None:
@@ -213,12 +212,6 @@ class Demo:
 
     # -- operator ---------------------------------------------------------------------------------------------
     def change_config(self) -> None:
-        if not self.mqtt:
-            self.say("SKIP operator config change: edge nodes run without MQTT (edge-node run --mqtt missing)")
-            self.check(False, "config change over MQTT (edge-node run has no --mqtt option in this tree)")
-            return
-        self.say(f"$ fleetctl config set thresholds.confidence={NEW_THRESHOLD} --fleet {FLEET} "
-                 "--key keys/operator.key  (signed, retained on fleet/demo/config)", "operator")
         done = self.fleetctl("config", "set", f"thresholds.confidence={NEW_THRESHOLD}",
                              *self.fleet_args("fleet-operator"), "--key", str(ROOT / "keys" / "operator.key"))
         if done.returncode != 0:
@@ -226,7 +219,6 @@ class Demo:
             return
         self.say(done.stdout.strip(), "operator")
         version = int(done.stdout.split(" v", 1)[1].split()[0])
-        self.config_version = version
 
         def acked() -> bool:
             return all(any(a.get("device") == n and a.get("kind") == "config" and a.get("version") == version
@@ -256,13 +248,12 @@ class Demo:
         def current() -> bool:
             return all(self.record.states.get(n, {}).get("counters", {}).get("segments") == seen[n] for n in NODES)
 
-        if self.mqtt and not current():
+        if not current():
             self.say("waiting for the nodes' next state heartbeat (every 30 s) so status has the final counters")
-        fresh = self.mqtt and self.record.wait(current, 45)
+        fresh = self.record.wait(current, 45)
         self.check(fresh, "devices reported their final counters over MQTT (" + ", ".join(
             f"{n}: {escalated[n]}/{seen[n]} escalated" for n in NODES) + ")")
         done = self.fleetctl("status", *self.fleet_args("fleet-operator"))
-        self.say("$ fleetctl status --fleet demo", "operator")
         self.say(done.stdout.rstrip() or done.stderr.strip(), "status")
         self.check(done.returncode == 0 and all(n in done.stdout for n in NODES),
                    "fleetctl status lists both devices")
@@ -280,16 +271,15 @@ class Demo:
         spanish = [r for r in rec.revisions if (i := rec.file_of(r["segment_id"])) and i.lang == "es"]
         self.check(bool(spanish) and all(r.get("language") == "es" for r in spanish),
                    f"cloud detected Spanish for every Spanish revision ({len(spanish)})")
-        if self.mqtt:
-            for phase, threshold in ((1, DEFAULT_THRESHOLD), (2, NEW_THRESHOLD)):
-                segs = [s for s in rec.segments if (i := rec.file_of(s["segment_id"])) and i.phase == phase]
-                wrong = [s for s in segs if (s["confidence"] < threshold) == s["final"]]
-                self.check(bool(segs) and not wrong, f"phase {phase}: escalated exactly the segments with "
-                           f"confidence < {threshold} ({len(segs) - len(wrong)}/{len(segs)})")
-            between = [s for s in rec.segments if DEFAULT_THRESHOLD <= s["confidence"] < NEW_THRESHOLD]
-            moved = [s for s in between if (i := rec.file_of(s["segment_id"])) and i.phase == 2 and not s["final"]]
-            self.check(bool(moved), f"the new threshold took effect: {len(moved)} segment(s) with confidence in "
-                       f"[{DEFAULT_THRESHOLD}, {NEW_THRESHOLD}) escalated after the change")
+        for phase, threshold in ((1, DEFAULT_THRESHOLD), (2, NEW_THRESHOLD)):
+            segs = [s for s in rec.segments if (i := rec.file_of(s["segment_id"])) and i.phase == phase]
+            wrong = [s for s in segs if (s["confidence"] < threshold) == s["final"]]
+            self.check(bool(segs) and not wrong, f"phase {phase}: escalated exactly the segments with "
+                       f"confidence < {threshold} ({len(segs) - len(wrong)}/{len(segs)})")
+        between = [s for s in rec.segments if DEFAULT_THRESHOLD <= s["confidence"] < NEW_THRESHOLD]
+        moved = [s for s in between if (i := rec.file_of(s["segment_id"])) and i.phase == 2 and not s["final"]]
+        self.check(bool(moved), f"the new threshold took effect: {len(moved)} segment(s) with confidence in "
+                   f"[{DEFAULT_THRESHOLD}, {NEW_THRESHOLD}) escalated after the change")
 
     def summary(self) -> None:
         from bench.scoring import word_errors, words
@@ -335,7 +325,12 @@ class Demo:
             self.say(f"stopped redis      exit code {self.redis.proc.returncode}", "stop")
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM to the demo: stop the children in order, as for Ctrl-C
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     show_artifact()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%SZ")
     out = ROOT / "bench" / "out" / f"demo-{stamp}"

@@ -151,12 +151,6 @@ def cloud_healthy(target: str) -> bool:
         return False
 
 
-def edge_supports_mqtt() -> bool:
-    """The `--mqtt` options of `edge-node run` (the device agent inside the daemon) are present in this tree."""
-    return '"--mqtt"' in (ROOT / "edge_node" / "run_cli.py").read_text()
-
-
-
 def submit(target: str, device: str, token_file: Path, segment_id: str, wav: Path) -> str:
     """The asynchronous path: `Submit` a whole clip (PCM16) as `device`; returns the Redis Stream entry id."""
     import grpc
