@@ -79,7 +79,7 @@ class EventTail(threading.Thread):
         self.files, self.record, self.console = files, record, console
         self.stop = threading.Event()
         self._offsets = dict.fromkeys(files, 0)
-        self._partial = dict.fromkeys(files, "")
+        self._partial = dict.fromkeys(files, b"")
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -91,15 +91,16 @@ class EventTail(threading.Thread):
         for node, path in self.files.items():
             if not path.exists():
                 continue
-            with path.open("r", encoding="utf-8") as f:
+            # Bytes, not text: a read can end inside a line, even inside a UTF-8 character (Spanish text).
+            with path.open("rb") as f:
                 f.seek(self._offsets[node])
                 data = f.read()
                 self._offsets[node] = f.tell()
-            lines = (self._partial[node] + data).split("\n")
+            lines = (self._partial[node] + data).split(b"\n")
             self._partial[node] = lines.pop()  # an unfinished last line waits for the rest
             for line in lines:
                 if line.strip():
-                    self.show(node, json.loads(line))
+                    self.show(node, json.loads(line.decode("utf-8")))
 
     def show(self, node: str, ev: dict[str, Any]) -> None:
         info = self.record.file_of(ev.get("segment_id", ""))

@@ -69,18 +69,24 @@ def test_event_tail_reads_whole_lines_and_tallies(tmp_path: Path, capsys: pytest
     record.files["abcd"] = FileInfo("edge-1", "es-clean-vm-goodbye", "Adios", 1, "es")
     tail = EventTail({"edge-1": events}, record, Console())
     seg = {"type": "segment", "segment_id": "edge-1-abcd-500", "text": "adi os", "confidence": 0.1, "final": False}
-    line = json.dumps(seg) + "\n"
-    events.write_text(line[:20])  # the daemon is mid-write: nothing parsed yet
+    line = json.dumps(seg).encode() + b"\n"
+    events.write_bytes(line[:20])  # the daemon is mid-write: nothing parsed yet
     tail.poll()
     assert record.segments == []
-    with events.open("a") as f:
+    with events.open("ab") as f:
         f.write(line[20:])
     tail.poll()
     assert [s["segment_id"] for s in record.segments] == ["edge-1-abcd-500"]
     assert record.pending_revisions() == ["edge-1-abcd-500"]
-    with events.open("a") as f:
-        f.write(json.dumps({"type": "revision", "segment_id": "edge-1-abcd-500", "text": "Adiós",
-                            "language": "es"}) + "\n")
+    revision = json.dumps({"type": "revision", "segment_id": "edge-1-abcd-500", "text": "Adiós", "language": "es"},
+                          ensure_ascii=False).encode() + b"\n"
+    cut = revision.index("ó".encode()) + 1  # mid-character
+    with events.open("ab") as f:
+        f.write(revision[:cut])
+    tail.poll()
+    assert record.pending_revisions() == ["edge-1-abcd-500"]
+    with events.open("ab") as f:
+        f.write(revision[cut:])
     tail.poll()
     assert record.pending_revisions() == []
     shown = capsys.readouterr().out
