@@ -55,7 +55,9 @@ class EdgeConfig:
     timestamps: bool = False  # segment windows further by Whisper's timestamp tokens
     word_timestamps: bool = True
     max_window_s: float = 30.0
-    batch_size: int = 4  # windows of one long file decoded together
+    # Windows of one long file decoded together. 1 by default: batch 4 raised peak RSS from ~320 to ~870 MB
+    # (bench/edge_speed.py) for little gain, as the decoder step is bound by re-laying out cross K/V.
+    batch_size: int = 1
     audio_ctx: AudioContextPolicy = field(default_factory=AudioContextPolicy)
     vad: VadOptions = field(default_factory=VadOptions)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
