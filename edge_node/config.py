@@ -45,6 +45,9 @@ class AudioContextPolicy:
 class EdgeConfig:
     model_dir: Path = DEFAULT_MODEL_DIR
     threads: int = 0  # onnxruntime intra-op threads; 0 = onnxruntime's choice
+    # onnxruntime's CPU arena keeps every chunk it ever grew, and windows of many encoder lengths fragment it:
+    # off, peak RSS is the largest single pass's (bench/edge_speed.py).
+    memory_arena: bool = False
     beam_size: int | None = None  # None/1: greedy
     temperatures: tuple[float, ...] = TEMPERATURES
     # Whisper retries a doubtful window at higher temperatures. A window that escalates is decoded again by
