@@ -102,7 +102,7 @@ class EdgeTranscriber:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         d = config.model_dir
-        session = SessionConfig(intra_op_threads=config.threads)
+        session = SessionConfig(intra_op_threads=config.threads, enable_cpu_mem_arena=config.memory_arena)
         self.model = WhisperOnnx(d, session)
         self.tokenizer: Tokenizer = get_tokenizer(d / "tokenizer.tiktoken", self.model.info.multilingual)
         self.filters = audio.load_mel_filters(d / "mel_filters.npy")
