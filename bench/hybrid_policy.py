@@ -1,0 +1,54 @@
+"""The escalation rules the hybrid harness applies per segment (pure: no I/O).
+
+They mirror the edge's shipped policy (edge_node/confidence.py `judge`) so that the sweep moves one knob,
+`ConfidenceConfig.escalate_below`, and equals the shipped behaviour at its default: a segment escalates when
+its `confidence` is below the threshold, or (with `escalate_on_fallback`) when it was decoded only after
+temperature fallback. Segments the edge dropped as non-speech never reach here: they have no text to revise.
+The no-speech and repetition rules of `judge` cap `confidence` at 0.1 (0.0 when dropped), so they act through
+the same number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from edge_node.confidence import ConfidenceConfig
+
+# A segment whose confidence is below this is probably not English: the cloud is asked to detect the language
+# rather than to transcribe English. tiny.en turns Spanish and French into English-looking text that it is
+# unsure of token by token: on the small corpus (docs/evaluation.md) every es/fr segment scored <= 0.22, while
+# English that escalates spreads over 0-0.6 (5 dB noise). Confidence alone cannot separate the two at the
+# bottom, so the rule errs towards "detect": base identifies English reliably, and a foreign segment forced
+# to "en" comes back as an English paraphrase.
+NOT_ENGLISH_BELOW = 0.3
+
+
+def escalates(confidence: float, temperature: float, threshold: float, cfg: ConfidenceConfig) -> bool:
+    """The shipped `escalate` flag of a kept segment, with `threshold` in place of `cfg.escalate_below`."""
+    return confidence < threshold or (cfg.escalate_on_fallback and temperature > 0)
+
+
+def cloud_language(confidence: float, device_language: str, not_english_below: float = NOT_ENGLISH_BELOW) -> str:
+    """The language hint sent with an escalation: the device's, or "detect" for a probably foreign one."""
+    return "detect" if confidence < not_english_below else device_language
+
+
+def window_for(start: float, end: float, windows: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The decoding window a segment came from (the most overlap with its span; the nearest if none): what the
+    edge sends. A segment's own span comes from word timings, which on a hallucinated segment ("Thank you for
+    watching!" over 4 s of French) may cover a fraction of the speech."""
+    if not windows:
+        raise ValueError("a segment without a window")
+
+    def key(w: tuple[float, float]) -> tuple[float, float]:
+        overlap = min(end, w[1]) - max(start, w[0])
+        gap = max(w[0] - end, start - w[1], 0.0)
+        return (overlap, -gap)
+
+    return max(windows, key=key)
+
+
+def pieces(n_samples: int, max_samples: int) -> Iterator[tuple[int, int]]:
+    """[start, end) sample ranges of at most `max_samples` covering `n_samples` (one empty clip: none)."""
+    for a in range(0, n_samples, max_samples):
+        yield a, min(n_samples, a + max_samples)
