@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench import hybrid_policy as policy
+from bench.local_cloud import local_cloud
 from bench.manifest import ManifestRow, read_manifest
 from bench.scoring import Hypothesis, OperatingPoint, format_sweep, format_table, results_json, score, select_rows
 from shared.cli import run_cli, setup_logging
@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICE_ID = "hybrid-eval"
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MAX_CLOUD_AUDIO_S = 30.0  # the cloud refuses longer audio; cloud-only sends longer clips in pieces
-SERVE_START_TIMEOUT_S = 300.0  # loading base on a busy 2-core machine
 
 
 @dataclass(frozen=True)
@@ -96,66 +95,6 @@ class ClipRecord:
 
 
 # ------------------------------------------------------------------------------------------------ the cloud
-
-
-@contextlib.contextmanager
-def local_cloud(cfg: HybridEvalConfig, workdir: Path) -> Iterator[tuple[str, str]]:
-    """Redis + a registered device + `cloud-service serve` on free ports; yields (target, token)."""
-    import os
-    import subprocess
-
-    from tests.servers import RedisServer, free_port, wait_port
-
-    if not cfg.cloud_model.is_file():
-        raise UserError(f"cloud checkpoint not found: {cfg.cloud_model}")
-    redis_server = RedisServer(workdir / "redis")
-    redis_server.start()
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        token = register_device(redis_server.url, cfg.device_id)
-        port = free_port()
-        cmd = [
-            sys.executable, "-m", "cloud_service", "serve", "--listen", f"127.0.0.1:{port}",
-            "--model", str(cfg.cloud_model), "--redis", redis_server.url, "--device", "cpu",
-            "--threads", str(cfg.cloud_threads), "--rate-limit", "0", "--max-audio-s", str(MAX_CLOUD_AUDIO_S),
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with (workdir / "serve.log").open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                tail = (workdir / "serve.log").read_text(errors="replace")[-800:]
-                raise UserError(f"cloud-service serve exited with {proc.returncode}: {tail}")
-            try:
-                wait_port(port, timeout=2.0)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise UserError("cloud-service serve did not listen within 300 s") from None
-        log.info("cloud: cloud-service serve on 127.0.0.1:%d (pid %d), Redis %s", port, proc.pid, redis_server.url)
-        yield f"127.0.0.1:{port}", token
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        redis_server.stop()
-
-
-def register_device(redis_url: str, name: str) -> str:
-    """`fleetctl device add NAME --redis URL`, returning the token it printed once."""
-    from cloud_service.fleetctl.__main__ import main as fleetctl
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = fleetctl(["device", "add", name, "--redis", redis_url])
-    if rc != 0:
-        raise UserError(f"fleetctl device add {name} failed (exit {rc})")
-    return out.getvalue().strip()
 
 
 def _request(
@@ -282,9 +221,7 @@ def hybrid_hypothesis(rec: ClipRecord, threshold: float, cfg: ConfidenceConfig) 
     return Hypothesis(rec.row.id, text, language, len(rec.segments), escalated, seconds, sent, latency)
 
 
-def sweep(
-    records: list[ClipRecord], thresholds: tuple[float, ...], cfg: ConfidenceConfig
-) -> list[OperatingPoint]:
+def sweep(records: list[ClipRecord], thresholds: tuple[float, ...], cfg: ConfidenceConfig) -> list[OperatingPoint]:
     rows = [r.row for r in records]
     return [score(rows, [hybrid_hypothesis(r, t, cfg) for r in records], t) for t in sorted(set(thresholds))]
 
@@ -331,6 +268,8 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
     from edge_node.config import EdgeConfig
     from edge_node.transcribe import EdgeTranscriber
 
+    if cfg.cloud and cfg.token_file is None:
+        raise UserError("--cloud needs --token-file (the device's bearer token)")
     rows = select_rows(read_manifest(cfg.manifest), cfg.limit_per_condition)
     if not rows:
         raise UserError(f"no clips in {cfg.manifest}")
@@ -341,13 +280,12 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
     thresholds = tuple(sorted({*cfg.thresholds, conf.escalate_below}))
     cfg = HybridEvalConfig(**{**cfg.__dict__, "thresholds": thresholds})
     with contextlib.ExitStack() as stack:
-        if cfg.cloud:
-            if cfg.token_file is None:
-                raise UserError("--cloud needs --token-file (the device's bearer token)")
+        if cfg.cloud and cfg.token_file:
             target, token = cfg.cloud, read_token(cfg.token_file)
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hybrid-eval-")))
-            target, token = stack.enter_context(local_cloud(cfg, tmp))
+            cloud = local_cloud(cfg.cloud_model, tmp, cfg.device_id, cfg.cloud_threads, MAX_CLOUD_AUDIO_S)
+            target, token = stack.enter_context(cloud)
         client = EscalationClient(CloudClientConfig(target, cfg.device_id, token, timeout_s=cfg.timeout_s))
         stack.callback(client.close)
         runner = Runner(cfg, edge, client)
