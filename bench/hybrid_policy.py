@@ -40,10 +40,8 @@ def window_for(start: float, end: float, windows: Sequence[tuple[float, float]])
     if not windows:
         raise ValueError("a segment without a window")
 
-    def key(w: tuple[float, float]) -> tuple[float, float]:
-        overlap = min(end, w[1]) - max(start, w[0])
-        gap = max(w[0] - end, start - w[1], 0.0)
-        return (overlap, -gap)
+    def key(w: tuple[float, float]) -> float:
+        return min(end, w[1]) - max(start, w[0])  # the overlap; minus the gap when they do not meet
 
     return max(windows, key=key)
 

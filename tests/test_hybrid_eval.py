@@ -99,3 +99,85 @@ def test_hybrid_eval_end_to_end(tmp_path: Path, edge_artifact: Path, base_checkp
     # The English clip is confident: at the default its edge text stands.
     assert not any(s["escalate"] for s in en["edge"])
     assert en["hybrid_default"] == " ".join(s["text"] for s in en["edge"])
+
+
+def test_sweep_rule_is_the_shipped_flag_at_every_threshold() -> None:
+    """escalates(confidence, temperature, t) == judge(...).escalate with escalate_below = t, for kept segments."""
+    from dataclasses import replace
+
+    from edge_node.confidence import SegmentFeatures, judge
+
+    rng = np.random.default_rng(0)
+    base = ConfidenceConfig()
+    checked = 0
+    for _ in range(2000):
+        f = SegmentFeatures(
+            avg_logprob=float(rng.uniform(-2.5, 0)),
+            no_speech_prob=float(rng.uniform(0, 1)),
+            compression_ratio=float(rng.uniform(1, 3)),
+            min_token_prob=float(rng.uniform(0, 1)),
+            mean_entropy=float(rng.uniform(0, 4)),
+            temperature=float(rng.choice([0.0, 0.0, 0.2])),
+            n_tokens=int(rng.integers(1, 30)),
+        )
+        for t in (0.0, 0.3, 0.6, 0.9):
+            cfg = replace(base, escalate_below=t)
+            v = judge(f, cfg)
+            if v.drop:  # dropped segments are never emitted, so never escalated
+                continue
+            checked += 1
+            assert hybrid_policy.escalates(v.confidence, f.temperature, t, base) == v.escalate
+    assert checked > 1000
+
+
+def test_window_for_and_pieces() -> None:
+    windows = [(0.0, 10.0), (12.0, 30.0), (31.0, 40.0)]
+    assert hybrid_policy.window_for(1.0, 2.0, windows) == (0.0, 10.0)
+    assert hybrid_policy.window_for(9.0, 20.0, windows) == (12.0, 30.0)  # most overlap
+    assert hybrid_policy.window_for(30.2, 30.4, windows) == (12.0, 30.0)  # no overlap: the nearest
+    assert hybrid_policy.window_for(30.7, 30.9, windows) == (31.0, 40.0)
+    with pytest.raises(ValueError):
+        hybrid_policy.window_for(0.0, 1.0, [])
+    assert list(hybrid_policy.pieces(10, 4)) == [(0, 4), (4, 8), (8, 10)]
+    assert list(hybrid_policy.pieces(0, 4)) == []
+    assert hybrid_policy.cloud_language(0.01, "en") == "detect"
+    assert hybrid_policy.cloud_language(0.5, "en") == "en"
+
+
+def test_hybrid_hypothesis_replaces_only_escalated_segments() -> None:
+    from bench.hybrid_eval import ClipRecord, CloudAnswer, hybrid_hypothesis
+    from bench.manifest import ManifestRow
+    from edge_node.transcribe import Segment
+
+    def seg(text: str, confidence: float, start: float) -> Segment:
+        return Segment(start, start + 1, text, -0.2, 0.01, 1.2, 0.5, 0.3, 0.0, confidence, confidence < 0.6, ())
+
+    row = ManifestRow("c/1", "a.wav", "one two", "en", "c", 4.0)
+    rec = ClipRecord(
+        row, 4.0, (seg("one", 0.95, 0.0), seg("tu", 0.4, 2.0)), 0.5,
+        {1: CloudAnswer("two", "en", 2.0, 1000, 1.5, "en")},
+    )  # fmt: skip
+    cfg = ConfidenceConfig()
+    low = hybrid_hypothesis(rec, 0.3, cfg)
+    assert (low.text, low.escalated_segments, low.bytes_sent, low.latency_s) == ("one tu", 0, 0, 0.5)
+    mid = hybrid_hypothesis(rec, 0.6, cfg)
+    assert (mid.text, mid.escalated_segments, mid.escalated_seconds, mid.bytes_sent) == ("one two", 1, 2.0, 1000)
+    assert mid.latency_s == pytest.approx(2.0) and mid.segments == 2
+
+
+def test_format_sweep_prints_one_line_per_threshold() -> None:
+    from bench.manifest import ManifestRow
+    from bench.scoring import Hypothesis, format_sweep, score
+
+    rows = [ManifestRow("a", "a.wav", "hello world", "en", "en-x", 2.0), ManifestRow("b", "b.wav", "", None, "m", 2.0)]
+    points = [
+        score(rows, [Hypothesis("a", "hello word"), Hypothesis("b", "")], 0.1),
+        score(rows, [Hypothesis("a", "hello world", escalated_segments=1, escalated_seconds=2.0, bytes_sent=3000),
+                     Hypothesis("b", "thanks")], 0.6),
+    ]  # fmt: skip
+    lines = format_sweep(points).splitlines()
+    assert len(lines) == 4
+    assert lines[2].split()[:3] == ["0.1", "50.0", "50.0"]
+    # 0.6: 1 error (the music word) over 2 words; half the audio escalated at 1500 B/s; 1 music word.
+    assert lines[3].split()[:7] == ["0.6", "50.0", "0.0", "50.0", "50.0", "100.0", "1500"]
+    assert lines[3].split()[9] == "1"
