@@ -33,6 +33,7 @@ from bench import hybrid_policy as policy
 from bench.local_cloud import local_cloud
 from bench.manifest import ManifestRow, read_manifest
 from bench.scoring import Hypothesis, OperatingPoint, format_sweep, format_table, results_json, score, select_rows
+from edge_node.escalation_policy import EscalationPolicy, language_hint
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 from shared.wire_audio import SAMPLE_RATE, WireEncoding, encode
@@ -122,6 +123,7 @@ class Runner:
         self.edge = edge
         self.client = client
         self.confidence: ConfidenceConfig = edge.config.confidence
+        self.escalation = EscalationPolicy(device_language=cfg.device_language)
         self.run_id = uuid.uuid4().hex[:8]  # segment ids unique per run: a reused cloud's store can't answer
         # The cloud's answer depends only on the audio and the language hint: a hybrid escalation of a whole
         # clip with "detect" is the cloud-only request, so it is asked once (the answer, its latency included,
@@ -168,7 +170,7 @@ class Runner:
                 continue
             start, end = policy.window_for(seg.start, seg.end, windows)
             chunk = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-            lang = policy.cloud_language(seg.confidence, self.cfg.device_language)
+            lang = language_hint(seg.confidence, self.escalation)
             rec.answers[i] = self._send(f"{self.run_id}/{row.id}/seg{i}", chunk, start, lang)
         # Cloud-only: the whole clip, in pieces of at most 30 s.
         pieces = [
@@ -235,6 +237,21 @@ def check_default_matches(records: list[ClipRecord], cfg: ConfidenceConfig) -> i
     )
 
 
+def budget_check(records: list[ClipRecord], threshold: float, cfg: ConfidenceConfig) -> dict[str, float]:
+    """What the shipped rolling escalation budget (EscalationPolicy) would have refused at `threshold`, the
+    clips played back to back in manifest order as one device's audio. Not applied to the figures."""
+    stream = [
+        (
+            r.duration,
+            [a.seconds for i, a in sorted(r.answers.items())
+             if policy.escalates(r.segments[i].confidence, r.segments[i].temperature, threshold, cfg)],
+        )
+        for r in records
+    ]  # fmt: skip
+    refused, seconds = policy.budget_refusals(stream, EscalationPolicy())
+    return {"budget_refused_at_default": refused, "budget_refused_seconds_at_default": round(seconds, 2)}
+
+
 def detect_on_english(records: list[ClipRecord]) -> dict[str, int]:
     """English segments sent with "detect" (at the top threshold), and how many the cloud called non-English."""
     answers = [a for r in records if r.row.lang == "en" for a in r.answers.values() if a.hint == "detect"]
@@ -255,6 +272,7 @@ def record_json(rec: ClipRecord, cfg: ConfidenceConfig) -> dict[str, object]:
         ],
         "cloud_segments": {str(i): a.text for i, a in rec.answers.items()},
         "cloud_languages": {str(i): a.language for i, a in rec.answers.items()},
+        "cloud_seconds": {str(i): a.seconds for i, a in rec.answers.items()},
         "cloud_only": rec.cloud_only.text if rec.cloud_only else None,
         "hybrid_default": hybrid_hypothesis(rec, cfg.escalate_below, cfg).text,
     }
@@ -310,12 +328,13 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
         "limit_per_condition": cfg.limit_per_condition,
         "encoding": cfg.encoding.value,
         "default_threshold": conf.escalate_below,
-        "not_english_below": policy.NOT_ENGLISH_BELOW,
+        "detect_language_below": EscalationPolicy().detect_language_below,
         "cloud_only_language": cfg.cloud_only_language,
         "cloud_calls": calls,
         "escalation_answers": sum(len(r.answers) for r in records),
         "shipped_flag_mismatches": mismatched,
         **detect_on_english(records),
+        **budget_check(records, conf.escalate_below, conf),
     }
     cfg.json_out.parent.mkdir(parents=True, exist_ok=True)
     cfg.json_out.write_text(json.dumps(doc, indent=2) + "\n")

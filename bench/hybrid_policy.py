@@ -5,7 +5,7 @@ They mirror the edge's shipped policy (edge_node/confidence.py `judge`) so that 
 its `confidence` is below the threshold, or (with `escalate_on_fallback`) when it was decoded only after
 temperature fallback. Segments the edge dropped as non-speech never reach here: they have no text to revise.
 The no-speech and repetition rules of `judge` cap `confidence` at 0.1 (0.0 when dropped), so they act through
-the same number.
+the same number. The language hint is the edge's own (edge_node/escalation_policy.py `language_hint`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from edge_node.confidence import ConfidenceConfig
-
-# A segment whose confidence is below this is probably not English: the cloud is asked to detect the language
-# rather than to transcribe English. tiny.en turns Spanish and French into English-looking text that it is
-# unsure of token by token: on the small corpus (docs/evaluation.md) every es/fr segment scored <= 0.22, while
-# English that escalates spreads over 0-0.6 (5 dB noise). Confidence alone cannot separate the two at the
-# bottom, so the rule errs towards "detect": base identifies English reliably, and a foreign segment forced
-# to "en" comes back as an English paraphrase.
-NOT_ENGLISH_BELOW = 0.3
+from edge_node.escalation_policy import EscalationBudget, EscalationPolicy
 
 
 def escalates(confidence: float, temperature: float, threshold: float, cfg: ConfidenceConfig) -> bool:
@@ -28,9 +21,20 @@ def escalates(confidence: float, temperature: float, threshold: float, cfg: Conf
     return confidence < threshold or (cfg.escalate_on_fallback and temperature > 0)
 
 
-def cloud_language(confidence: float, device_language: str, not_english_below: float = NOT_ENGLISH_BELOW) -> str:
-    """The language hint sent with an escalation: the device's, or "detect" for a probably foreign one."""
-    return "detect" if confidence < not_english_below else device_language
+def budget_refusals(stream: Sequence[tuple[float, Sequence[float]]], policy: EscalationPolicy) -> tuple[int, float]:
+    """Escalations the shipped rolling budget would refuse, for clips played back to back as one device's
+    stream (audio time as the clock): `stream` holds (clip seconds, the escalated seconds it asks for).
+    Returns (refused requests, refused seconds)."""
+    budget = EscalationBudget(policy)
+    now, refused, refused_s = 0.0, 0, 0.0
+    for duration, asks in stream:
+        now += duration
+        budget.observe(now, duration)
+        for seconds in asks:
+            if not budget.try_spend(now, seconds):
+                refused += 1
+                refused_s += seconds
+    return refused, refused_s
 
 
 def window_for(start: float, end: float, windows: Sequence[tuple[float, float]]) -> tuple[float, float]:

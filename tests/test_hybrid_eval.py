@@ -13,6 +13,7 @@ import soundfile as sf
 from bench import asterisk, hybrid_policy
 from bench.hybrid_eval import HybridEvalConfig, run
 from edge_node.confidence import ConfidenceConfig
+from edge_node.escalation_policy import EscalationPolicy
 
 ISSUE_KEYS = {
     "threshold",
@@ -74,6 +75,7 @@ def test_hybrid_eval_end_to_end(tmp_path: Path, edge_artifact: Path, base_checkp
     assert [p["threshold"] for p in doc["hybrid"]] == sorted({0.0, default, 1.01})
     assert doc["chosen"]["threshold"] == default
     assert doc["setup"]["shipped_flag_mismatches"] == 0
+    assert doc["setup"]["detect_language_below"] == EscalationPolicy().detect_language_below
     # Cloud-only sends everything; edge-only nothing.
     assert doc["cloud"]["escalated_seconds_fraction"] == pytest.approx(1.0)
     assert doc["edge"]["escalated_seconds_fraction"] == 0.0 and doc["edge"]["bytes_per_escalated_second"] is None
@@ -92,7 +94,7 @@ def test_hybrid_eval_end_to_end(tmp_path: Path, edge_artifact: Path, base_checkp
     assert "conference" in en["cloud_segments"]["0"].lower()
     # The Spanish clip is unsure on the edge: it escalates at the default, as "detect", and comes back Spanish.
     assert all(s["escalate"] for s in es["edge"])
-    assert all(s["confidence"] < hybrid_policy.NOT_ENGLISH_BELOW for s in es["edge"])
+    assert all(s["confidence"] < EscalationPolicy().detect_language_below for s in es["edge"])
     assert set(es["cloud_languages"].values()) == {"es"}
     assert es["hybrid_default"] == " ".join(es["cloud_segments"][str(i)] for i in range(len(es["edge"])))
     assert doc["chosen"]["non_english_escalated"] == 1.0 and doc["chosen"]["language_id_accuracy"] == 1.0
@@ -140,8 +142,14 @@ def test_window_for_and_pieces() -> None:
         hybrid_policy.window_for(0.0, 1.0, [])
     assert list(hybrid_policy.pieces(10, 4)) == [(0, 4), (4, 8), (8, 10)]
     assert list(hybrid_policy.pieces(0, 4)) == []
-    assert hybrid_policy.cloud_language(0.01, "en") == "detect"
-    assert hybrid_policy.cloud_language(0.5, "en") == "en"
+
+
+def test_budget_refusals_follow_the_shipped_budget() -> None:
+    pol = EscalationPolicy(budget_fraction=0.5, budget_window_s=100.0, budget_min_basis_s=10.0)
+    # 10 s clips; the first three ask for all their audio: 10/10 > 0.5 refused, 10/20 ok, 10/30 > 0.5 refused...
+    stream = [(10.0, [10.0]), (10.0, [10.0]), (10.0, [10.0]), (10.0, []), (10.0, [2.0, 2.0])]
+    assert hybrid_policy.budget_refusals(stream, pol) == (2, 20.0)
+    assert hybrid_policy.budget_refusals([(10.0, [1.0])] * 20, pol) == (0, 0.0)
 
 
 def test_hybrid_hypothesis_replaces_only_escalated_segments() -> None:
