@@ -78,11 +78,12 @@ def main() -> None:
     summary: dict[str, Any] = {}
     for lang in ("en", "es", "fr"):
         ps = asterisk.prompts(lang, min_words=args.min_words)
+        ps = [p for p in ps if not p.text.startswith("(")]  # "(5 seconds of silence)" is no speech
         random.Random(0).shuffle(ps)
         flagged = 0
         for p in ps[: args.n]:
             r = engine.transcribe_file(p.wav)
-            esc = any(s.escalate for s in r.segments) or not r.segments
+            esc = any(s.escalate for s in r.segments)  # no segment at all: nothing to escalate
             flagged += esc
             for s in r.segments:
                 d = asdict(s)

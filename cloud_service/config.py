@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Defaults, named so the CLI, the docs and the tests agree on them.
@@ -52,6 +52,9 @@ class CloudConfig:
     claim_min_idle_ms: int = DEFAULT_CLAIM_MIN_IDLE_MS
     mqtt_host: str | None = None
     mqtt_port: int = 1883
+    mqtt_user: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)  # read from a file; never printed
+    heartbeat_file: Path | None = None  # touched every loop: the container health check
     grace_s: float = 5.0  # graceful-shutdown time for in-flight RPCs
 
     def checkpoint_path(self) -> Path:

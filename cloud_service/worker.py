@@ -40,10 +40,14 @@ class Job:
 class MqttPublisher:
     """A paho-mqtt 2.x client on its own network thread; `publish` waits for the QoS 1 acknowledgement."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
+    def __init__(
+        self, host: str, port: int, client_id: str, user: str | None = None, password: str | None = None
+    ) -> None:
         import paho.mqtt.client as mqtt
 
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if user:
+            self.client.username_pw_set(user, password)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
@@ -173,6 +177,8 @@ class StreamWorker:
         )
         down = False
         while not self.stop_event.is_set():
+            if self.config.heartbeat_file:
+                self.config.heartbeat_file.touch()
             try:
                 self.step()
                 if down:
@@ -206,7 +212,8 @@ def run_worker(config: CloudConfig) -> None:
     asr = AsrModel.from_config(config)
     client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
     publisher = (
-        MqttPublisher(config.mqtt_host, config.mqtt_port, f"asr-{config.consumer}")
+        MqttPublisher(config.mqtt_host, config.mqtt_port, f"asr-{config.consumer}", config.mqtt_user,
+                      config.mqtt_password)
         if config.mqtt_host
         else None
     )

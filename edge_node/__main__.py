@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from edge_node.cli import add_transcribe_parser
+from edge_node.run_cli import add_run_parser
 from shared.cli import run_cli, setup_logging
 
 
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     add_transcribe_parser(sub)
+    add_run_parser(sub)
     return p
 
 

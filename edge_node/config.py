@@ -45,6 +45,9 @@ class AudioContextPolicy:
 class EdgeConfig:
     model_dir: Path = DEFAULT_MODEL_DIR
     threads: int = 0  # onnxruntime intra-op threads; 0 = onnxruntime's choice
+    # onnxruntime's CPU arena keeps every chunk it ever grew, and windows of many encoder lengths fragment it:
+    # off, peak RSS is the largest single pass's (bench/edge_speed.py).
+    memory_arena: bool = False
     beam_size: int | None = None  # None/1: greedy
     temperatures: tuple[float, ...] = TEMPERATURES
     # Whisper retries a doubtful window at higher temperatures. A window that escalates is decoded again by
@@ -55,7 +58,12 @@ class EdgeConfig:
     timestamps: bool = False  # segment windows further by Whisper's timestamp tokens
     word_timestamps: bool = True
     max_window_s: float = 30.0
-    batch_size: int = 4  # windows of one long file decoded together
+    # A pause this long ends a window (None: pack speech into windows up to max_window_s). The daemon splits on
+    # pauses so each utterance is judged, and escalated, on its own.
+    split_pause_s: float | None = None
+    # Windows of one long file decoded together. 1 by default: batch 4 raised peak RSS from ~320 to ~870 MB
+    # (bench/edge_speed.py) for little gain, as the decoder step is bound by re-laying out cross K/V.
+    batch_size: int = 1
     audio_ctx: AudioContextPolicy = field(default_factory=AudioContextPolicy)
     vad: VadOptions = field(default_factory=VadOptions)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)

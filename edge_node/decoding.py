@@ -179,7 +179,7 @@ def decode(
     cross_v: np.ndarray,
     options: DecodingOptions = DecodingOptions(),
 ) -> list[DecodingResult]:
-    """Decode every audio item of the batch in cross_k/cross_v [n_layer, batch, n_audio, n_state] once."""
+    """Decode every audio item of the batch in cross_k/cross_v [n_layer, batch, ...] (batch on axis 1) once."""
     n_audio = cross_k.shape[1]
     beam = (
         options.beam_size if options.beam_size and options.beam_size > 1 and options.temperature == 0 else 1

@@ -24,6 +24,15 @@ class EscalationPolicy:
     budget_window_s: float = 600.0
     # The share is taken of at least this much audio, so the first segments after boot are not all refused.
     budget_min_basis_s: float = 120.0
+    # Optional hard caps an operator may push (None: off): escalations per minute, and a mean token log-prob
+    # below which a segment escalates whatever its confidence.
+    max_per_min: int | None = None
+    escalate_logprob_below: float | None = None
+
+
+def wants_escalation(edge_flag: bool, avg_logprob: float, policy: EscalationPolicy) -> bool:
+    below = policy.escalate_logprob_below
+    return edge_flag or (below is not None and avg_logprob < below)
 
 
 def language_hint(confidence: float, policy: EscalationPolicy) -> str:
@@ -36,6 +45,7 @@ class EscalationBudget:
     def __init__(self, policy: EscalationPolicy) -> None:
         self.policy = policy
         self._seen: deque[tuple[float, float]] = deque()
+        self._recent: deque[float] = deque()  # escalation times in the last minute (max_per_min)
         self._escalated: deque[tuple[float, float]] = deque()
         self._seen_s = 0.0
         self._escalated_s = 0.0
@@ -59,6 +69,11 @@ class EscalationBudget:
         basis = max(self._seen_s, self.policy.budget_min_basis_s)
         if self._escalated_s + audio_s > self.policy.budget_fraction * basis:
             return False
+        while self._recent and self._recent[0] < now - 60.0:
+            self._recent.popleft()
+        if self.policy.max_per_min is not None and len(self._recent) >= self.policy.max_per_min:
+            return False
+        self._recent.append(now)
         self._escalated.append((now, audio_s))
         self._escalated_s += audio_s
         return True

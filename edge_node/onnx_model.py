@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 _ENCODER_IO = (["mel"], ["cross_k", "cross_v"])
-_DECODER_IO = (
-    ["tokens", "self_k", "self_v", "cross_k", "cross_v"],
-    ["logits", "new_self_k", "new_self_v", "alignment"],
-)
+_DECODER_OUTPUTS = ["logits", "new_self_k", "new_self_v", "alignment"]
+
+
+def _decoder_io(n_layer: int) -> tuple[list[str], list[str]]:
+    """One cross-attention input per layer, so a step reads the encoder's tensors in place (no per-token copy)."""
+    cross = [f"cross_k_{i}" for i in range(n_layer)] + [f"cross_v_{i}" for i in range(n_layer)]
+    return ["tokens", "self_k", "self_v", *cross], _DECODER_OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,11 @@ class WhisperOnnx:
         self.info = read_artifact_info(directory)
         self.dims = self.info.dims
         self._encoder = open_session(directory / ENCODER_FILE, config, _ENCODER_IO)
-        self._decoder = open_session(directory / DECODER_FILE, config, _DECODER_IO)
+        self._decoder = open_session(directory / DECODER_FILE, config, _decoder_io(self.dims.n_text_layer))
 
     def encode(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """mel [batch, n_mels, n_frames] (n_frames even, <= 2 * n_audio_ctx) -> (cross_k, cross_v)."""
+        """mel [batch, n_mels, n_frames] (n_frames even, <= 2 * n_audio_ctx) -> (cross_k [L, B, H, d, T],
+        cross_v [L, B, H, T, d]): every layer's cross-attention keys (transposed) and values, per head."""
         if mel.ndim == 2:
             mel = mel[None]
         n_frames = mel.shape[-1]
@@ -152,8 +156,10 @@ class WhisperOnnx:
             "tokens": np.ascontiguousarray(tokens, dtype=np.int64),
             "self_k": self_k,
             "self_v": self_v,
-            "cross_k": cross_k,
-            "cross_v": cross_v,
         }
+        # cross_k[i] is a contiguous view of layer i: handed over without a copy.
+        for i in range(cross_k.shape[0]):
+            feeds[f"cross_k_{i}"] = cross_k[i]
+            feeds[f"cross_v_{i}"] = cross_v[i]
         logits, new_k, new_v, alignment = self._decoder.run(None, feeds)
         return logits, new_k, new_v, alignment

@@ -39,6 +39,10 @@ class Segment:
     confidence: float
     escalate: bool
     words: tuple[WordTiming, ...]
+    # The audio the text was decoded from: the VAD window (start/end above are tightened to the words). An
+    # escalation sends this span, so speech the edge could not read is not cut off.
+    audio_start: float = 0.0
+    audio_end: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -57,15 +61,18 @@ class Window:
     end: float
 
 
-def plan_windows(speech: list[SpeechSegment], duration: float, max_window_s: float = 30.0) -> list[Window]:
+def plan_windows(
+    speech: list[SpeechSegment], duration: float, max_window_s: float = 30.0, split_pause_s: float | None = None
+) -> list[Window]:
     """Pack VAD speech segments into windows of at most `max_window_s`, cut only in pauses (pure).
 
     A clip that fits in one window is decoded whole (as openai-whisper would) when it has any speech; a speech
-    run longer than a window is cut into window-sized pieces.
+    run longer than a window is cut into window-sized pieces. With `split_pause_s`, a pause at least that long
+    also ends a window: each utterance is then its own segment, with its own confidence and escalation.
     """
     if not speech:
         return []
-    if duration <= max_window_s:
+    if duration <= max_window_s and split_pause_s is None:
         return [Window(0.0, duration)]
     windows: list[Window] = []
     cur: Window | None = None
@@ -77,7 +84,8 @@ def plan_windows(speech: list[SpeechSegment], duration: float, max_window_s: flo
                 cur = None
             windows.append(Window(s, s + max_window_s))
             s += max_window_s
-        if cur is not None and e - cur.start <= max_window_s:
+        joins = split_pause_s is None or (cur is not None and s - cur.end < split_pause_s)
+        if cur is not None and e - cur.start <= max_window_s and joins:
             cur = Window(cur.start, e)
         else:
             if cur is not None:
@@ -94,7 +102,7 @@ class EdgeTranscriber:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         d = config.model_dir
-        session = SessionConfig(intra_op_threads=config.threads)
+        session = SessionConfig(intra_op_threads=config.threads, enable_cpu_mem_arena=config.memory_arena)
         self.model = WhisperOnnx(d, session)
         self.tokenizer: Tokenizer = get_tokenizer(d / "tokenizer.tiktoken", self.model.info.multilingual)
         self.filters = audio.load_mel_filters(d / "mel_filters.npy")
@@ -125,7 +133,7 @@ class EdgeTranscriber:
         t0 = time.perf_counter()
         duration = samples.size / audio.SAMPLE_RATE
         speech = self.vad.speech_segments(samples, self.config.vad)
-        windows = plan_windows(speech, duration, self.config.max_window_s)
+        windows = plan_windows(speech, duration, self.config.max_window_s, self.config.split_pause_s)
         segments: list[Segment] = []
         # Windows of one length share an encoder shape: batch them.
         by_frames: dict[int, list[tuple[int, Window, np.ndarray]]] = {}
@@ -224,6 +232,7 @@ class EdgeTranscriber:
             spans = self._timestamp_spans(r, w.start)
         segments = []
         for start, end, text, lps, ents in spans:
+            audio_span = (w.start, w.end) if self.options.without_timestamps else (start, end)
             seg_words = tuple(x for x in words if start - 0.5 <= (x.start + x.end) / 2 <= end + 0.5)
             if self.options.without_timestamps and seg_words:
                 start, end = seg_words[0].start, max(seg_words[-1].end, seg_words[0].start)
@@ -243,6 +252,8 @@ class EdgeTranscriber:
                     confidence=v.confidence,
                     escalate=v.escalate,
                     words=seg_words,
+                    audio_start=round(audio_span[0], 3),
+                    audio_end=round(audio_span[1], 3),
                 )
             )
         return segments

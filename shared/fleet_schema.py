@@ -138,6 +138,9 @@ class ConfigParams(_Strict):
 
     thresholds: Thresholds | None = None
     escalation_budget_per_min: int | None = Field(default=None, ge=0, le=10_000)
+    escalation_budget_fraction: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="most share of audio seconds escalated per rolling window"
+    )
     beam_size: int | None = Field(default=None, ge=1, le=16)
     vad: VadParams | None = None
     prompt_words: tuple[str, ...] | None = Field(default=None, max_length=64)

@@ -65,18 +65,28 @@ def test_fp32_onnx_matches_pytorch(fp32_artifact: Path, tiny_checkpoint: Path) -
         ref_k = torch.stack([b.cross_attn.key(feats) for b in model.decoder.blocks]).numpy()
         ref_v = torch.stack([b.cross_attn.value(feats) for b in model.decoder.blocks]).numpy()
         ref_logits = model.decoder(torch.tensor([sot]), feats)[:, -1].numpy()
+    # The artifact lays them out per head, keys transposed: [L, B, H, d, T] and [L, B, H, T, d].
+    n_layer, batch, t, width = ref_k.shape
+    heads = model.dims.n_text_head
+    ref_k = ref_k.reshape(n_layer, batch, t, heads, width // heads).transpose(0, 1, 3, 4, 2)
+    ref_v = ref_v.reshape(n_layer, batch, t, heads, width // heads).transpose(0, 1, 3, 2, 4)
     assert np.abs(cross_k - ref_k).max() < ENCODER_ATOL
     assert np.abs(cross_v - ref_v).max() < ENCODER_ATOL
     dims = json.loads((fp32_artifact / "manifest.json").read_text())["dims"]
     past = np.zeros((dims["n_text_layer"], 1, 0, dims["n_text_state"]), np.float32)
-    logits, new_k, _, align = dec.run(  # type: ignore[attr-defined]
-        None, {"tokens": np.array([sot]), "self_k": past, "self_v": past, "cross_k": cross_k, "cross_v": cross_v}
-    )
+    logits, new_k, _, align = dec.run(None, _feeds(np.array([sot]), past, past, cross_k, cross_v))  # type: ignore[attr-defined]
     assert np.abs(logits - ref_logits).max() < LOGITS_ATOL
     assert logits.argmax() == ref_logits.argmax()
     assert new_k.shape == (dims["n_text_layer"], 1, len(sot), dims["n_text_state"])
     assert align.shape == (1, 8, len(sot), 1500)
     np.testing.assert_allclose(align.sum(-1), 1.0, atol=1e-4)  # softmax rows
+
+
+def _feeds(tokens: np.ndarray, sk: np.ndarray, sv: np.ndarray, ck: np.ndarray, cv: np.ndarray) -> dict[str, np.ndarray]:
+    feeds = {"tokens": tokens, "self_k": sk, "self_v": sv}
+    for i in range(ck.shape[0]):
+        feeds[f"cross_k_{i}"], feeds[f"cross_v_{i}"] = ck[i], cv[i]
+    return feeds
 
 
 def _greedy(d: Path, mel: np.ndarray, max_tokens: int = 120) -> str:
@@ -92,9 +102,7 @@ def _greedy(d: Path, mel: np.ndarray, max_tokens: int = 120) -> str:
     x = np.array([list(tok.sot_sequence_including_notimestamps)])
     out: list[int] = []
     for _ in range(max_tokens):
-        logits, sk, sv, _ = dec.run(  # type: ignore[attr-defined]
-            None, {"tokens": x, "self_k": sk, "self_v": sv, "cross_k": cross_k, "cross_v": cross_v}
-        )
+        logits, sk, sv, _ = dec.run(None, _feeds(x, sk, sv, cross_k, cross_v))  # type: ignore[attr-defined]
         nxt = int(logits[0].argmax())
         if nxt == tok.eot:
             break

@@ -74,10 +74,10 @@ def build_edge_artifact(
 
     from cloud_service.models.checkpoint import load_whisper, read_checkpoint
     from cloud_service.models.export_onnx import (
-        DECODER_INPUTS,
         DECODER_OUTPUTS,
         ENCODER_INPUTS,
         ENCODER_OUTPUTS,
+        decoder_inputs,
         export_onnx,
     )
     from cloud_service.models.quantize import initializer_names, quantize_int8, share_tied_embedding, store_fp16
@@ -155,8 +155,9 @@ def build_edge_artifact(
                 "quantization": quant,
                 "onnx": {
                     "opset": opts.opset,
+                    "layout": "cross_k [L,B,H,d,T] cross_v [L,B,H,T,d]; decoder takes one cross input per layer",
                     "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
-                    "decoder": {"inputs": DECODER_INPUTS, "outputs": DECODER_OUTPUTS},
+                    "decoder": {"inputs": decoder_inputs(dims["n_text_layer"]), "outputs": DECODER_OUTPUTS},
                 },
                 "vad": {"file": "vad.onnx", "source": f"{SILERO_VAD.package}=={SILERO_VAD.version}"}
                 if opts.vad
