@@ -388,3 +388,23 @@ def format_table(points: Mapping[str, OperatingPoint]) -> str:
     for label, get in rows:
         lines.append(f"{label:<18}" + "".join(f"{get(points[n]):>12}" for n in names))
     return "\n".join(lines)
+
+
+def format_sweep(points: Iterable[OperatingPoint]) -> str:
+    """One line per operating point of a threshold sweep: accuracy against what it costs."""
+    head = (
+        f"{'threshold':>9} {'WER %':>6} {'en WER':>6} {'segs esc%':>9} {'s esc%':>6} {'en s esc%':>9} "
+        f"{'B/esc s':>8} {'non-en esc%':>11} {'lang-id%':>8} {'music w':>7} {'p50 s':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for p in points:
+        t = "-" if p.threshold is None else f"{p.threshold:g}"
+        bps = "-" if p.bytes_per_escalated_second is None else f"{p.bytes_per_escalated_second:.0f}"
+        p50 = f"{p.latency['p50_s']:.2f}" if p.latency else "-"
+        lines.append(
+            f"{t:>9} {_pct(p.wer):>6} {_pct(p.wer_by_language.get('en')):>6} "
+            f"{_pct(p.escalated_segments_fraction):>9} {_pct(p.escalated_seconds_fraction):>6} "
+            f"{_pct(p.english_escalated_seconds_fraction):>9} {bps:>8} {_pct(p.non_english_escalated):>11} "
+            f"{_pct(p.language_id_accuracy):>8} {p.no_speech_words:>7} {p50:>6}"
+        )
+    return "\n".join(lines)
