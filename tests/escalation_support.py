@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,44 +13,30 @@ from typing import Any
 
 import numpy as np
 
-from tests.servers import free_port, wait_port
+from tests.servers import _Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class CloudProcess:
+class CloudProcess(_Server):
     """`cloud-service serve` on a fixed loopback port, so it can be killed and restarted at the same address."""
 
+    binary = sys.executable
+    start_timeout_s = 120.0
+    cwd = ROOT
+    log_name = "cloud.log"
+
     def __init__(self, workdir: Path, redis_url: str, port: int | None = None) -> None:
-        self.workdir = workdir
+        super().__init__(workdir, port)
         self.redis_url = redis_url
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        log = (self.workdir / "cloud.log").open("ab")
-        cmd = [sys.executable, "-m", "cloud_service", "serve", "--listen", self.target, "--model",
-               str(ROOT / "models" / "base.pt"), "--redis", self.redis_url, "--threads", "2", "--max-wait-ms", "5"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
-        wait_port(self.port, timeout=120)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cloud_service", "serve", "--listen", self.target, "--model",
+                str(ROOT / "models" / "base.pt"), "--redis", self.redis_url, "--threads", "2", "--max-wait-ms", "5"]
 
     def add_device(self, name: str) -> str:
         out = subprocess.run([sys.executable, "-m", "cloud_service.fleetctl", "device", "add", name, "--redis",

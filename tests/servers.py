@@ -30,6 +30,9 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 class _Server:
     binary = ""
+    start_timeout_s = 10.0
+    cwd: Path | None = None  # default: the work directory
+    log_name = ""  # default: the binary's name + .log
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
@@ -43,9 +46,9 @@ class _Server:
     def start(self) -> None:
         if shutil.which(self.binary) is None:
             raise RuntimeError(f"{self.binary} is not installed (run `make setup`)")
-        log = (self.workdir / f"{self.binary}.log").open("ab")
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=log)
-        wait_port(self.port)
+        log = (self.workdir / (self.log_name or f"{Path(self.binary).name}.log")).open("ab")
+        self.proc = subprocess.Popen(self.command(), cwd=self.cwd or self.workdir, stdout=log, stderr=log)
+        wait_port(self.port, self.start_timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, as when a machine dies."""
