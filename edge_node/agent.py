@@ -216,6 +216,10 @@ class DeviceAgent:
             return
         self._inbox.put((info.leaf, info.device is not None, bytes(msg.payload)))
 
+    def request_state(self) -> None:
+        """Republish state soon (e.g. counters changed); never blocks the caller or the network thread."""
+        self._inbox.put(("state", False, b""))
+
     # ------------------------------------------------------------------ worker thread
 
     def _worker(self) -> None:

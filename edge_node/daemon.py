@@ -182,6 +182,8 @@ class EdgeDaemon:
         for seg in result.segments:
             self._handle_segment(chunk, seg, now)
         self._heartbeat()
+        if self.agent is not None:
+            self.agent.request_state()  # fresh counters for `fleetctl status`
 
     def segment_id(self, chunk: AudioChunk, seg: Segment) -> str:
         return f"{self.config.device_id}-{chunk.key}-{round((chunk.offset_s + seg.start) * 1000)}"
