@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scoring import evaluate, format_table, row_json
+from shared.audio import load_audio
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 
@@ -28,8 +29,6 @@ SAMPLE_RATE = 16000
 def whisper_transcriber(
     checkpoint: Path, language: str | None, threads: int
 ) -> Callable[[Path], dict[str, Any]]:
-    import soundfile as sf
-    import soxr
     import torch
 
     from cloud_service.models.checkpoint import load_whisper
@@ -40,13 +39,7 @@ def whisper_transcriber(
         language = "en"
 
     def transcribe(path: Path) -> dict[str, Any]:
-        try:
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (OSError, sf.LibsndfileError) as exc:
-            raise UserError(f"cannot read audio {path}: {exc}") from None
-        audio = audio.mean(axis=1)
-        if rate != SAMPLE_RATE:
-            audio = soxr.resample(audio, rate, SAMPLE_RATE)
+        audio = load_audio(path)  # UserError naming the file when it is unreadable
         result: Mapping[str, Any] = model.transcribe(
             audio, language=language, temperature=0.0, fp16=False, condition_on_previous_text=False
         )

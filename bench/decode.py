@@ -13,6 +13,7 @@ import numpy as np
 
 from bench import asterisk
 from bench import degrade as dg
+from shared.audio import resample
 from shared.errors import UserError
 
 SAMPLE_RATE = 16000
@@ -37,12 +38,6 @@ def run_tool(cmd: list[str], stdin: bytes | None = None) -> bytes:
 
 def pcm16_bytes(data: bytes) -> np.ndarray:
     return dg.from_pcm16(np.frombuffer(data, dtype="<i2"))
-
-
-def resample(x: np.ndarray, rate: int) -> np.ndarray:
-    import soxr
-
-    return x if rate == SAMPLE_RATE else soxr.resample(x, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
 
 
 def read_wav(path: str, offset_s: float = 0.0, seconds: float | None = None) -> np.ndarray:

@@ -13,6 +13,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from shared.audio import resample
+
 SAMPLE_RATE = 16_000  # what Whisper expects
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 48_000
@@ -105,14 +107,6 @@ def _decode_opus(data: bytes) -> tuple[np.ndarray, int]:
     return _decode_ffmpeg_opus(data)
 
 
-def resample(samples: np.ndarray, rate: int) -> np.ndarray:
-    if rate == SAMPLE_RATE:
-        return samples.astype(np.float32, copy=False)
-    import soxr
-
-    return np.asarray(soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ"), dtype=np.float32)
-
-
 def decode_audio(encoding: int, sample_rate: int, data: bytes, max_seconds: float) -> DecodedAudio:
     """Decode and resample one clip. Raises AudioError for empty, corrupt, mislabelled or over-long audio."""
     if not data:
@@ -147,4 +141,4 @@ def decode_audio(encoding: int, sample_rate: int, data: bytes, max_seconds: floa
         raise AudioError(f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s per segment")
     if not np.isfinite(samples).all():
         raise AudioError("audio holds non-finite samples")
-    return DecodedAudio(resample(samples, rate), rate)
+    return DecodedAudio(resample(samples, rate, SAMPLE_RATE), rate)

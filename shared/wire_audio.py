@@ -1,6 +1,7 @@
 """Audio on the wire between edge and cloud: PCM16, FLAC (lossless, the default) or Ogg/Opus (lossy, ~4x smaller).
 
-Encoding and decoding go through libsndfile (the `soundfile` package), which carries FLAC and Opus.
+Encoding goes through libsndfile (the `soundfile` package), which carries FLAC and Opus. The receiving side's
+checks live with it: cloud_service/audio_codec.py.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import io
 from enum import StrEnum
 
 import numpy as np
-
-from shared.errors import UserError
 
 SAMPLE_RATE = 16000
 
@@ -37,26 +36,3 @@ def encode(audio: np.ndarray, encoding: WireEncoding, sample_rate: int = SAMPLE_
         sf.write(buf, clipped, sample_rate, format="OGG", subtype="OPUS")
     return buf.getvalue()
 
-
-def decode(data: bytes, encoding: WireEncoding, sample_rate: int) -> tuple[np.ndarray, int]:
-    """bytes -> (float32 mono samples, sample rate). Raises UserError naming what is wrong."""
-    import soundfile as sf
-
-    if not data:
-        raise UserError("audio is empty")
-    if encoding is WireEncoding.PCM16:
-        if len(data) % 2:
-            raise UserError(f"PCM16 audio has an odd byte count ({len(data)})")
-        if sample_rate <= 0:
-            raise UserError("PCM16 audio needs a positive sample_rate")
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, sample_rate
-    expected = "FLAC" if encoding is WireEncoding.FLAC else "OGG"
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.format != expected:
-                raise UserError(f"audio declared {encoding.value} but is {f.format}")
-            samples = f.read(dtype="float32", always_2d=True)
-            rate = int(f.samplerate)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise UserError(f"corrupt {encoding.value} audio: {exc}") from None
-    return samples.mean(axis=1).astype(np.float32), rate

@@ -12,7 +12,7 @@ import pytest
 from edge_node.outbox import Outbox, OutboxLimits, create_key, load_key
 from edge_node.retry import BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker
 from shared.errors import UserError
-from shared.wire_audio import WireEncoding, decode, encode
+from shared.wire_audio import WireEncoding, encode
 
 
 @pytest.fixture()
@@ -136,32 +136,35 @@ def test_circuit_breaker_opens_half_opens_and_closes() -> None:
 
 
 @pytest.mark.parametrize("enc", list(WireEncoding))
-def test_wire_audio_roundtrip_on_real_speech(enc: WireEncoding) -> None:
-    import soundfile as sf
-    import soxr
+def test_edge_encoding_roundtrips_through_the_cloud_decoder(enc: WireEncoding) -> None:
+    """What the edge encodes (shared.wire_audio) is what the cloud decodes (cloud_service.audio_codec)."""
+    from cloud_service.audio_codec import Encoding, decode_audio
+    from shared.audio import load_audio
 
     wav = Path("/usr/share/asterisk/sounds/en_US_f_Allison/vm-goodbye.wav")
     if not wav.exists():
         pytest.skip("Asterisk English prompts not installed (make setup installs them)")
-    audio, sr = sf.read(wav, dtype="float32")
-    audio = soxr.resample(audio, sr, 16000).astype(np.float32)
+    audio = load_audio(wav)
     data = encode(audio, enc)
-    back, rate = decode(data, enc, 16000)
+    back = decode_audio(Encoding[enc.name], 16000, data, max_seconds=30.0)
     if enc is WireEncoding.OPUS:
-        assert rate == 48000 or rate == 16000  # libsndfile may report Opus's native rate
+        assert back.source_rate in (16000, 48000)  # libsndfile may report Opus's native rate
         assert len(data) < len(encode(audio, WireEncoding.FLAC))
+        assert abs(back.seconds - audio.size / 16000) < 0.1
     else:
-        assert rate == 16000 and len(back) == len(audio)
-        assert np.abs(back - audio).max() < 2e-4  # 16-bit quantization only
+        assert back.source_rate == 16000 and len(back.samples) == len(audio)
+        assert np.abs(back.samples - audio).max() < 2e-4  # 16-bit quantization only
 
 
-def test_wire_audio_rejects_bad_input() -> None:
-    with pytest.raises(UserError, match="empty"):
-        decode(b"", WireEncoding.FLAC, 16000)
-    with pytest.raises(UserError, match="odd byte count"):
-        decode(b"\x00\x01\x02", WireEncoding.PCM16, 16000)
-    with pytest.raises(UserError, match="corrupt flac"):
-        decode(b"fLaC" + b"\x00" * 50, WireEncoding.FLAC, 16000)
+def test_cloud_decoder_rejects_bad_wire_audio() -> None:
+    from cloud_service.audio_codec import AudioError, Encoding, decode_audio
+
+    with pytest.raises(AudioError, match="empty"):
+        decode_audio(Encoding.FLAC, 16000, b"", 30.0)
+    with pytest.raises(AudioError, match="odd number of bytes"):
+        decode_audio(Encoding.PCM16, 16000, b"\x00\x01\x02", 30.0)
+    with pytest.raises(AudioError, match="corrupt FLAC"):
+        decode_audio(Encoding.FLAC, 16000, b"fLaC" + b"\x00" * 50, 30.0)
     flac = encode(np.zeros(1600, np.float32), WireEncoding.FLAC)
-    with pytest.raises(UserError, match="declared opus but is FLAC"):
-        decode(flac, WireEncoding.OPUS, 16000)
+    with pytest.raises(AudioError, match="declared OPUS but the data is a FLAC file"):
+        decode_audio(Encoding.OPUS, 16000, flac, 30.0)
