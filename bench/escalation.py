@@ -45,23 +45,21 @@ def _clips(n: int) -> list[tuple[str, str, np.ndarray]]:
 
 
 def wire_cost(target: str, token: str, n: int) -> dict[str, Any]:
-    from edge_node.cloud_client import CloudClientConfig, EscalationClient
+    from edge_node.cloud_client import CloudClientConfig, EscalationClient, audio_message
     from proto.asr.v1 import asr_pb2 as pb
-    from shared.wire_audio import WireEncoding, encode
+    from shared.wire_audio import WireEncoding
 
     client = EscalationClient(CloudClientConfig(target, DEVICE, token, timeout_s=60))
-    codes = {WireEncoding.PCM16: pb.Audio.PCM16, WireEncoding.FLAC: pb.Audio.FLAC, WireEncoding.OPUS: pb.Audio.OPUS}
     clips = _clips(n)
     result: dict[str, Any] = {}
     for enc in WireEncoding:
         sent, seconds, errors, ref_words = 0, 0.0, 0, 0
         for i, (lang, ref, x) in enumerate(clips):
-            data = encode(x, enc)
+            msg = audio_message(x, enc)
             req = pb.TranscribeRequest(segment_id=f"wire-{enc.value}-{i}-{time.time_ns()}", device_id=DEVICE,
-                                       audio=pb.Audio(encoding=codes[enc], sample_rate=16000, data=data),
-                                       language=lang)
+                                       audio=msg, language=lang)
             resp = client.transcribe(req)
-            sent += len(data)
+            sent += len(msg.data)
             seconds += x.size / 16000
             r, h = words(ref, lang), words(resp.text, lang)
             errors += word_errors(r, h)

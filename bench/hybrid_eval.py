@@ -36,7 +36,7 @@ from bench.scoring import Hypothesis, OperatingPoint, format_sweep, format_table
 from edge_node.escalation_policy import EscalationPolicy, language_hint
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
-from shared.wire_audio import SAMPLE_RATE, WireEncoding, encode
+from shared.wire_audio import SAMPLE_RATE, WireEncoding
 
 if TYPE_CHECKING:
     from edge_node.cloud_client import EscalationClient
@@ -101,12 +101,10 @@ class ClipRecord:
 def _request(
     segment_id: str, device_id: str, samples: np.ndarray, encoding: WireEncoding, language: str, start: float
 ) -> asr_pb2.TranscribeRequest:
+    from edge_node.cloud_client import audio_message
     from proto.asr.v1 import asr_pb2
 
-    enc = {WireEncoding.PCM16: asr_pb2.Audio.PCM16, WireEncoding.FLAC: asr_pb2.Audio.FLAC}
-    audio = asr_pb2.Audio(
-        encoding=enc.get(encoding, asr_pb2.Audio.OPUS), sample_rate=SAMPLE_RATE, data=encode(samples, encoding)
-    )
+    audio = audio_message(samples, encoding)
     return asr_pb2.TranscribeRequest(
         segment_id=segment_id, device_id=device_id, audio=audio, language=language, segment_start=start
     )

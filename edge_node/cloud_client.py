@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import UserError
+from shared.wire_audio import SAMPLE_RATE, WireEncoding, encode
 
 if TYPE_CHECKING:
     import grpc
+    import numpy as np
 
     from proto.asr.v1 import asr_pb2
 
@@ -44,6 +46,14 @@ def read_token(path: Path) -> str:
     if not token:
         raise UserError(f"token file {path} is empty")
     return token
+
+
+def audio_message(samples: np.ndarray, encoding: WireEncoding) -> asr_pb2.Audio:
+    """16 kHz mono samples -> the request's `Audio`, encoded as chosen (WireEncoding names match the proto's)."""
+    from proto.asr.v1 import asr_pb2
+
+    return asr_pb2.Audio(encoding=encoding.name, sample_rate=SAMPLE_RATE,
+                         data=encode(samples, encoding))
 
 
 class CloudError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_node import confidence as conf
-from edge_node.cloud_client import CloudClientConfig, CloudError, EscalationClient
+from edge_node.cloud_client import CloudClientConfig, CloudError, EscalationClient, audio_message
 from edge_node.config import EdgeConfig
 from edge_node.escalation_policy import EscalationBudget, EscalationPolicy, language_hint, wants_escalation
 from edge_node.events import EventWriter
@@ -29,7 +29,7 @@ from edge_node.retry import BackoffPolicy, BreakerPolicy, CircuitBreaker
 from edge_node.sources import AudioChunk, ProcessedLog, read_file, read_pcm16_stream, watch_directory
 from edge_node.transcribe import EdgeTranscriber, Segment
 from shared import audio
-from shared.wire_audio import WireEncoding, encode
+from shared.wire_audio import WireEncoding
 
 if TYPE_CHECKING:
     from edge_node.agent import AgentConfig
@@ -224,7 +224,6 @@ class EdgeDaemon:
         start, end = (seg.audio_start, seg.audio_end) if seg.audio_end > seg.audio_start else (seg.start, seg.end)
         lo = max(0, int((start - SEGMENT_PAD_S) * audio.SAMPLE_RATE))
         hi = min(chunk.samples.size, int((end + SEGMENT_PAD_S) * audio.SAMPLE_RATE))
-        enc = {WireEncoding.PCM16: pb.Audio.PCM16, WireEncoding.FLAC: pb.Audio.FLAC, WireEncoding.OPUS: pb.Audio.OPUS}
         lang = language_hint(confidence, self.tunables.policy)
         edge = pb.EdgeHypothesis(
             text=seg.text, avg_logprob=seg.avg_logprob, no_speech_prob=seg.no_speech_prob,
@@ -233,8 +232,7 @@ class EdgeDaemon:
         )
         return pb.TranscribeRequest(
             segment_id=seg_id, device_id=self.config.device_id,
-            audio=pb.Audio(encoding=enc[self.config.wire], sample_rate=audio.SAMPLE_RATE,
-                           data=encode(chunk.samples[lo:hi], self.config.wire)),
+            audio=audio_message(chunk.samples[lo:hi], self.config.wire),
             language=lang, edge=edge, prompt=self.config.edge.initial_prompt or "",
             segment_start=chunk.offset_s + lo / audio.SAMPLE_RATE,
         )
