@@ -63,17 +63,11 @@ class Service:
     def __init__(
         self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int
     ) -> None:
-        from tests.servers import free_port
+        from tests.servers import cloud_serve_cmd, free_port
 
         self.port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "cloud_service",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--model",
+        cmd = cloud_serve_cmd(
+            self.port,
             model,
             "--max-batch",
             str(max_batch),
@@ -85,7 +79,7 @@ class Service:
             "0",
             "--threads",
             str(threads),
-        ]
+        )
         cmd += ["--redis", redis_url] if redis_url else ["--no-auth"]
         self.log = (token_dir / f"serve-{max_batch}.log").open("wb")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

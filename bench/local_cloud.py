@@ -60,7 +60,7 @@ def local_cloud(
     model: Path, workdir: Path, device_id: str, threads: int = 2, max_audio_s: float = 30.0
 ) -> Iterator[tuple[str, str]]:
     """Redis + a registered device + `cloud-service serve` (auth on, no rate limit); yields (target, token)."""
-    from tests.servers import RedisServer, free_port, wait_port
+    from tests.servers import RedisServer, cloud_serve_cmd, free_port, wait_port
 
     if not model.is_file():
         raise UserError(f"cloud checkpoint not found: {model}")
@@ -70,11 +70,10 @@ def local_cloud(
     try:
         token = register_device(redis_server.url, device_id)
         port = free_port()
-        cmd = [
-            sys.executable, "-m", "cloud_service", "serve", "--listen", f"127.0.0.1:{port}",
-            "--model", str(model), "--redis", redis_server.url, "--device", "cpu",
+        cmd = cloud_serve_cmd(
+            port, model, "--redis", redis_server.url, "--device", "cpu",
             "--threads", str(threads), "--rate-limit", "0", "--max-audio-s", str(max_audio_s),
-        ]  # fmt: skip
+        )  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with (workdir / "serve.log").open("wb") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

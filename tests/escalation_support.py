@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.servers import _Server
+from tests.servers import _Server, cloud_serve_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +35,8 @@ class CloudProcess(_Server):
         return f"127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "cloud_service", "serve", "--listen", self.target, "--model",
-                str(ROOT / "models" / "base.pt"), "--redis", self.redis_url, "--threads", "2", "--max-wait-ms", "5"]
+        return cloud_serve_cmd(self.port, ROOT / "models" / "base.pt", "--redis", self.redis_url, "--threads", "2",
+                               "--max-wait-ms", "5")
 
     def add_device(self, name: str) -> str:
         out = subprocess.run([sys.executable, "-m", "cloud_service.fleetctl", "device", "add", name, "--redis",

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cloud_serve_cmd(port: int, model: str | Path, *extra: str) -> list[str]:
+    """`cloud-service serve` on 127.0.0.1:PORT with this checkpoint, plus the caller's flags."""
+    return [sys.executable, "-m", "cloud_service", "serve", "--listen", f"127.0.0.1:{port}", "--model", str(model),
+            *extra]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

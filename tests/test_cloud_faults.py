@@ -35,7 +35,7 @@ from tests.cloud_fixtures import (
     pcm16_audio,
     register_device,
 )
-from tests.servers import MosquittoServer, RedisServer, free_port, wait_port
+from tests.servers import MosquittoServer, RedisServer, cloud_serve_cmd, free_port, wait_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.redis]
 
@@ -194,21 +194,7 @@ def test_cli_serve_answers_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "cloud_service",
-        "serve",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--model",
-        str(ROOT / "models" / "base.pt"),
-        "--device",
-        "cpu",
-        "--no-auth",
-        "--grace-s",
-        "1",
-    ]
+    cmd = cloud_serve_cmd(port, ROOT / "models" / "base.pt", "--device", "cpu", "--no-auth", "--grace-s", "1")
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
