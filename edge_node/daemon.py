@@ -195,7 +195,8 @@ class EdgeDaemon:
         verdict = conf.judge(conf.SegmentFeatures(seg.avg_logprob, seg.no_speech_prob, seg.compression_ratio,
                                                   seg.min_token_prob, seg.mean_entropy, seg.temperature, 2),
                              self.tunables.edge.confidence)
-        duration = max(0.0, max(seg.end, seg.audio_end) - min(seg.start, seg.audio_start or seg.start))
+        span_start, span_end = _audio_span(seg)
+        duration = max(0.0, span_end - span_start)
         self.budget.observe(now, duration)
         self.counters["segments"] += 1
         escalate = self.client is not None and wants_escalation(verdict.escalate, seg.avg_logprob,
@@ -221,7 +222,7 @@ class EdgeDaemon:
 
     def _request(self, chunk: AudioChunk, seg: Segment, seg_id: str, confidence: float) -> Any:
         pb = self._pb
-        start, end = (seg.audio_start, seg.audio_end) if seg.audio_end > seg.audio_start else (seg.start, seg.end)
+        start, end = _audio_span(seg)
         lo = max(0, int((start - SEGMENT_PAD_S) * audio.SAMPLE_RATE))
         hi = min(chunk.samples.size, int((end + SEGMENT_PAD_S) * audio.SAMPLE_RATE))
         lang = language_hint(confidence, self.tunables.policy)
@@ -388,6 +389,11 @@ class EdgeDaemon:
             self.outbox.give_up(seg_id, str(err))
             self.events.emit({"type": "escalation_failed", "segment_id": seg_id, "reason": str(err),
                               "ts": round(time.time(), 3)})
+
+
+def _audio_span(seg: Segment) -> tuple[float, float]:
+    """The audio a segment was decoded from (its VAD window), which is what escalation sends and budgets."""
+    return (seg.audio_start, seg.audio_end) if seg.audio_end > seg.audio_start else (seg.start, seg.end)
 
 
 def _call(client: EscalationClient, request: Any) -> Any:

@@ -163,8 +163,3 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rotate", action="store_true", help="replace the token of a registered device")
     d.set_defaults(func=_cmd_device_add)
     return p
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
