@@ -6,6 +6,9 @@ PKGS=(
   mosquitto mosquitto-clients redis-server
   asterisk-core-sounds-en-wav asterisk-core-sounds-en-g722 asterisk-core-sounds-en-gsm
   asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav asterisk-moh-opsound-wav
+  # The transcripts (core-sounds-*.txt.gz) are in these, not in the -wav packages, and
+  # --no-install-recommends would skip them.
+  asterisk-core-sounds-en asterisk-core-sounds-es asterisk-core-sounds-fr
 )
 missing=()
 for p in "${PKGS[@]}"; do
