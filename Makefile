@@ -38,22 +38,22 @@ $(PROTO_STAMP): $(PROTO_SRC) | $(STAMP)
 	@touch $@
 
 $(KEY): | $(STAMP)
-	$(PY) -m cloud_service.fleetctl keys init --dir keys
+	$(PY) -m fleetctl keys init --dir keys
 
 models/tiny.en.pt: | $(STAMP)
-	$(PY) -m cloud_service.fleetctl model fetch tiny.en --out $@
+	$(PY) -m fleetctl model fetch tiny.en --out $@
 
 models/$(CLOUD_MODEL).pt: | $(STAMP)
-	$(PY) -m cloud_service.fleetctl model fetch $(CLOUD_MODEL) --out $@
+	$(PY) -m fleetctl model fetch $(CLOUD_MODEL) --out $@
 
 # Rebuilt when the checkpoint or the build code changes.
-$(EDGE_MODEL)/manifest.json: models/tiny.en.pt $(wildcard cloud_service/models/*.py) | $(KEY)
-	$(PY) -m cloud_service.fleetctl model build models/tiny.en.pt --out $(EDGE_MODEL) --key $(KEY)
+$(EDGE_MODEL)/manifest.json: models/tiny.en.pt $(wildcard fleetctl/models/*.py) | $(KEY)
+	$(PY) -m fleetctl model build models/tiny.en.pt --out $(EDGE_MODEL) --key $(KEY)
 
 models: models/$(CLOUD_MODEL).pt $(EDGE_MODEL)/manifest.json
 
 demo: setup
-	$(PY) -m cloud_service.fleetctl model verify $(EDGE_MODEL) --pubkey keys/operator.pub
+	$(PY) -m fleetctl model verify $(EDGE_MODEL) --pubkey keys/operator.pub
 	$(PY) scripts/demo.py
 
 lint:

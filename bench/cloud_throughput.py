@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import asterisk
+from evaluation import asterisk
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16)
@@ -63,7 +63,7 @@ class Service:
     def __init__(
         self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int
     ) -> None:
-        from tests.servers import cloud_serve_cmd, free_port
+        from testkit.servers import cloud_serve_cmd, free_port
 
         self.port = free_port()
         cmd = cloud_serve_cmd(
@@ -86,7 +86,7 @@ class Service:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self) -> None:
-        from tests.servers import wait_port
+        from testkit.servers import wait_port
 
         wait_port(self.port, timeout=300)
 
@@ -140,8 +140,8 @@ def _token(redis_url: str | None) -> str | None:
         return None
     import redis
 
-    from cloud_service.auth import hash_token, new_token
-    from cloud_service.store import device_key
+    from cloud_service.api.auth import hash_token, new_token
+    from cloud_service.jobs.store import device_key
 
     token = new_token("bench")
     redis.Redis.from_url(redis_url).hset(device_key("bench"), mapping={"token_sha256": hash_token(token)})
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = None
         redis_url = None
         if not args.no_redis:
-            from tests.servers import RedisServer
+            from testkit.servers import RedisServer
 
             redis_server = RedisServer(Path(tmp) / "redis")
             redis_server.start()

@@ -17,9 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import asterisk
-from edge_node.config import EdgeConfig
-from edge_node.transcribe import EdgeTranscriber
+from edge_node.engine.config import EdgeConfig
+from edge_node.engine.transcriber import EdgeTranscriber
+from evaluation import asterisk
 from shared import audio
 
 CACHE = Path("bench/out/edge_accuracy_reference.json")

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from bench import asterisk
-from edge_node.config import EdgeConfig
-from edge_node.transcribe import EdgeTranscriber
+from edge_node.engine.config import EdgeConfig
+from edge_node.engine.transcriber import EdgeTranscriber
+from evaluation import asterisk
 
 
 def _features(rows: list[dict[str, Any]]) -> np.ndarray:

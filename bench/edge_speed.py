@@ -62,7 +62,7 @@ def ensure_ct2_model(directory: Path = CT2_DIR) -> Path:
 
 
 def build_audio(n_prompts: int, long_s: float) -> list[np.ndarray]:
-    from bench import asterisk
+    from evaluation import asterisk
     from shared import audio
 
     prompts = asterisk.prompts("en", min_words=4)
@@ -81,8 +81,8 @@ def build_audio(n_prompts: int, long_s: float) -> list[np.ndarray]:
 
 def _load(engine: str, threads: int, model_dir: Path) -> Any:
     if engine == "edge_int8":
-        from edge_node.config import EdgeConfig
-        from edge_node.transcribe import EdgeTranscriber
+        from edge_node.engine.config import EdgeConfig
+        from edge_node.engine.transcriber import EdgeTranscriber
 
         eng = EdgeTranscriber(
             EdgeConfig(model_dir=model_dir, threads=threads, temperatures=(0.0,), word_timestamps=False)

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.asterisk import prompts
-from bench.degrade import mix_at_snr, white_noise
-from bench.scoring import word_errors, words
-from tests.escalation_support import CloudProcess, daemon_cmd, read_events, run_daemon, speech_file, tally
-from tests.servers import RedisServer
+from evaluation.asterisk import prompts
+from evaluation.degrade import mix_at_snr, white_noise
+from evaluation.scoring import word_errors, words
+from testkit.escalation import CloudProcess, daemon_cmd, read_events, run_daemon, speech_file, tally
+from testkit.servers import RedisServer
 
 DEVICE = "bench-edge"
 
@@ -45,7 +45,7 @@ def _clips(n: int) -> list[tuple[str, str, np.ndarray]]:
 
 
 def wire_cost(target: str, token: str, n: int) -> dict[str, Any]:
-    from edge_node.cloud_client import CloudClientConfig, EscalationClient, audio_message
+    from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient, audio_message
     from proto.asr.v1 import asr_pb2 as pb
     from shared.wire_audio import WireEncoding
 

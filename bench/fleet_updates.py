@@ -3,7 +3,7 @@
 Starts its own Mosquitto, Redis and a FetchModel gRPC server on free loopback ports, then:
 
 1. Config: N simulated devices (real paho clients, all multiplexed on ONE thread through paho's external-loop
-   API over an epoll selector). Each runs the device's real desired-state logic (`edge_node.desired_state`:
+   API over an epoll selector). Each runs the device's real desired-state logic (`edge_node.core.desired_state`:
    pydantic validation, Ed25519 signature check, version ordering, merge) and acks over MQTT. The time is from
    the operator publishing a signed DesiredConfig (the `fleetctl config set` code path) until all N accepted
    acks have arrived at an operator-side subscriber. Repeated `--rounds` times; the median is reported.
@@ -36,8 +36,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edge_node.desired_state import ParamsBox, Reconciler
-from edge_node.model_update import ModelUpdater, UpdaterConfig
+from edge_node.adapters.model_update import ModelUpdater, UpdaterConfig
+from edge_node.core.desired_state import ParamsBox, Reconciler
 from shared.fleet_schema import (
     Ack,
     DeviceState,
@@ -234,8 +234,8 @@ def _raise_nofile() -> None:
 
 
 def bench_config(port: int, store: Any, key: Any, pub: Any, n: int, rounds: int) -> list[float]:
-    from cloud_service.fleet.mqtt_io import BrokerSettings
-    from cloud_service.fleet.rollout import publish_config
+    from fleetctl.fleet.mqtt_io import BrokerSettings
+    from fleetctl.fleet.rollout import publish_config
 
     hub = Hub()
     devices = [SimDevice(hub, store.fleet, f"d{i:05d}", pub) for i in range(n)]
@@ -271,9 +271,9 @@ def bench_config(port: int, store: Any, key: Any, pub: Any, n: int, rounds: int)
 
 def bench_rollout(port: int, grpc_port: int, store: Any, key: Any, pub: Any, m: int, root: Path,
                   artifact: Path) -> tuple[float, dict[str, Any]]:
-    from cloud_service.fleet.mqtt_io import BrokerSettings
-    from cloud_service.fleet.rollout import Rollout, RolloutPolicy, desired_from_artifact
-    from tests.fleet_support import OnnxTarget
+    from fleetctl.fleet.mqtt_io import BrokerSettings
+    from fleetctl.fleet.rollout import Rollout, RolloutPolicy, desired_from_artifact
+    from testkit.fleet import OnnxTarget
 
     hub = Hub()
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="install")
@@ -322,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from cloud_service.fleet.store import FleetStore, connect_redis
-    from tests.fleet_support import ArtifactServicer, build_artifact, serve_artifacts
-    from tests.servers import MosquittoServer, RedisServer
+    from fleetctl.fleet.store import FleetStore, connect_redis
+    from testkit.fleet import ArtifactServicer, build_artifact, serve_artifacts
+    from testkit.servers import MosquittoServer, RedisServer
 
     _raise_nofile()  # mosquitto inherits it: one descriptor per client on each side
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:

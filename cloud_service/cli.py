@@ -137,11 +137,11 @@ def run(args: argparse.Namespace, config: CloudConfig) -> int:
             f"checkpoint {config.checkpoint_path()} not found (run `fleetctl model fetch {args.model}`)"
         )
     if args.command == "serve":
-        from cloud_service.server import serve
+        from cloud_service.api.server import serve
 
         serve(config, args.listen)
     else:
-        from cloud_service.worker import run_worker
+        from cloud_service.jobs.worker import run_worker
 
         run_worker(config)
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge_node.cli import add_transcribe_parser
-from edge_node.run_cli import add_run_parser
+from edge_node.cli.run import add_run_parser
+from edge_node.cli.transcribe import add_transcribe_parser
 from shared.cli import run_cli, setup_logging
 
 

@@ -38,7 +38,7 @@ from scripts.demo_topology import (  # noqa: E402
     start_redis,
     submit,
 )
-from tests.servers import free_port  # noqa: E402
+from testkit.servers import free_port  # noqa: E402
 
 ARTIFACT = ROOT / "models" / "tiny.en-int8"
 FLEET = "demo"
@@ -89,7 +89,7 @@ class Demo:
         """Run `fleetctl ARGS` as the operator would, echoing the command line (paths relative, no secrets)."""
         shown = " ".join(a.replace(f"{ROOT}/", "") for a in args)
         self.say(f"$ fleetctl {shown}", "operator")
-        return subprocess.run([PY, "-m", "cloud_service.fleetctl", *args], cwd=ROOT, capture_output=True,
+        return subprocess.run([PY, "-m", "fleetctl", *args], cwd=ROOT, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
 
     # -- start ------------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Demo:
         port = self.broker.start()
         self.say(f"mosquitto      127.0.0.1:{port}  (no anonymous; passwords for {', '.join(self.broker.passwords)};"
                  f" deploy/mosquitto/acl)", "setup")
-        self.procs["controller"] = Proc("controller", [PY, "-m", "cloud_service.fleetctl", "controller",
+        self.procs["controller"] = Proc("controller", [PY, "-m", "fleetctl", "controller",
                                                        *self.fleet_args("fleet-controller")],
                                         self.out / "controller.log").start()
         tokens = self.out / "tokens"
@@ -135,7 +135,7 @@ class Demo:
         self.start_edges(port, tokens)
 
     def _operator_settings(self) -> Any:
-        from cloud_service.fleet.mqtt_io import BrokerSettings
+        from fleetctl.fleet.mqtt_io import BrokerSettings
 
         assert self.broker.server is not None
         return BrokerSettings(port=self.broker.server.port, username="fleet-operator",
@@ -175,7 +175,7 @@ class Demo:
     # -- feed ----------------------------------------------------------------------------------------------
     def feed(self, phase: int) -> None:
         """Each node gets its files one at a time, as a recorder would drop them; both nodes in parallel."""
-        from edge_node.sources import file_key
+        from edge_node.daemon.sources import file_key
 
         errors: list[str] = []
 
@@ -282,7 +282,7 @@ class Demo:
                    f"[{DEFAULT_THRESHOLD}, {NEW_THRESHOLD}) escalated after the change")
 
     def summary(self) -> None:
-        from bench.scoring import word_errors, words
+        from evaluation.scoring import word_errors, words
 
         self.say("per clip (word errors vs the Asterisk transcript: edge -> final):", "summary")
         revision = {r["segment_id"]: r["text"] for r in self.record.revisions}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import asterisk
-from bench.degrade import mix_at_snr, white_noise
+from evaluation import asterisk
+from evaluation.degrade import mix_at_snr, white_noise
 
 NOISE_SNR_DB = 5.0
 LEAD_SILENCE_S = 0.5  # a little silence around each prompt, as a recorder would capture

@@ -131,7 +131,7 @@ class MqttWatch:
     """An operator's view of the broker: every device's acks and state (fleet-operator reads `fleet/#`)."""
 
     def __init__(self, settings: Any, fleet: str, record: Record, console: Console) -> None:
-        from cloud_service.fleet.mqtt_io import QOS, connect
+        from fleetctl.fleet.mqtt_io import QOS, connect
 
         self.record, self.console = record, console
         subs = [(f"fleet/{fleet}/devices/+/{leaf}", QOS) for leaf in ("ack", "state", "results")]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.servers import MosquittoServer, RedisServer
+from testkit.servers import MosquittoServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISION = ROOT / "deploy" / "mosquitto" / "provision.sh"
@@ -129,7 +129,7 @@ def start_redis(workdir: Path) -> RedisServer:
 
 def register_device(redis_url: str, device: str, token_file: Path) -> None:
     """`fleetctl device add`: the token it prints once goes straight into a 0600 file, never to the console."""
-    done = subprocess.run([PY, "-m", "cloud_service.fleetctl", "device", "add", device, "--redis", redis_url],
+    done = subprocess.run([PY, "-m", "fleetctl", "device", "add", device, "--redis", redis_url],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -143,7 +143,7 @@ def register_device(redis_url: str, device: str, token_file: Path) -> None:
 def cloud_healthy(target: str) -> bool:
     import grpc
 
-    from cloud_service.healthcheck import check
+    from cloud_service.api.health import check
 
     try:
         return check(target, timeout_s=1.0) == "SERVING"

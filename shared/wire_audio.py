@@ -1,7 +1,7 @@
 """Audio on the wire between edge and cloud: PCM16, FLAC (lossless, the default) or Ogg/Opus (lossy, ~4x smaller).
 
 Encoding goes through libsndfile (the `soundfile` package), which carries FLAC and Opus. The receiving side's
-checks live with it: cloud_service/audio_codec.py.
+checks live with it: cloud_service/asr/audio_codec.py.
 """
 
 from __future__ import annotations

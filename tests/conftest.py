@@ -1,13 +1,10 @@
-"""Shared fixtures: real servers on free ports, the model artifacts that `make test` builds."""
+"""Fixtures for every test: the model artifacts and keys that `make test` builds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.servers import MosquittoServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -38,19 +35,3 @@ def edge_artifact() -> Path:
 @pytest.fixture(scope="session")
 def operator_pubkey() -> Path:
     return _need(KEYS / "operator.pub")
-
-
-@pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def mosquitto_server(tmp_path: Path) -> Iterator[MosquittoServer]:
-    server = MosquittoServer(tmp_path / "mosquitto")
-    server.start()
-    yield server
-    server.stop()

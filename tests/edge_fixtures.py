@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from bench import asterisk
+from evaluation import asterisk
 
 
 @pytest.fixture(scope="session")
 def edge_engine(edge_artifact: Path) -> Any:
-    from edge_node.config import EdgeConfig
-    from edge_node.transcribe import EdgeTranscriber
+    from edge_node.engine.config import EdgeConfig
+    from edge_node.engine.transcriber import EdgeTranscriber
 
     return EdgeTranscriber(EdgeConfig(model_dir=edge_artifact, threads=2))
 

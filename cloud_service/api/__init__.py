@@ -1,0 +1,1 @@
+"""The gRPC API: servicer, protobuf conversion, device authentication, artifacts, health."""

@@ -1,0 +1,142 @@
+"""Device authentication: per-device bearer tokens, stored only as sha256 hashes, checked in an interceptor.
+
+A token reads `DEVICE_ID.SECRET`, so the server knows which registry entry to compare against; the secret is
+32 random bytes (URL-safe base64), so a plain sha256 of the whole token is safe to store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from cloud_service.jobs.store import Store
+
+log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 32
+CACHE_TTL_S = 30.0  # how long a looked-up hash is trusted without asking Redis (longer while Redis is down)
+# Methods anyone may call: health checks (load balancers) and reflection (tooling).
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def new_token(device_id: str) -> str:
+    if not device_id or any(c.isspace() for c in device_id):
+        raise ValueError(f"bad device id {device_id!r}: it must be non-empty, without spaces")
+    return f"{device_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_device(token: str) -> str | None:
+    device, sep, secret = token.rpartition(".")
+    return device if sep and device and secret else None
+
+
+class Authenticator:
+    """Checks a bearer token against the registry, with a short cache that also rides out Redis outages."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, tuple[str | None, float]] = {}
+
+    async def device_for(self, authorization: str | None) -> str | None:
+        """The authenticated device id, or None."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        token = authorization[len("Bearer ") :].strip()
+        device = token_device(token)
+        if device is None:
+            return None
+        stored = await self._stored_hash(device)
+        if stored is None:
+            return None
+        return device if hmac.compare_digest(stored, hash_token(token)) else None
+
+    async def _stored_hash(self, device: str) -> str | None:
+        cached = self._cache.get(device)
+        if cached is not None and time.monotonic() - cached[1] < CACHE_TTL_S:
+            return cached[0]
+        try:
+            value = await self.store.token_hash(device)
+        except LookupError:
+            # Redis is down: devices seen before keep working; unknown ones are refused.
+            return cached[0] if cached is not None else None
+        if value is not None:  # unknown devices are asked about again: they may be registered any moment
+            self._cache[device] = (value, time.monotonic())
+        return value
+
+
+def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in details.invocation_metadata or ():
+        out[key] = value if isinstance(value, str) else value.decode(errors="replace")
+    return out
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>`; a request's device_id must be the token's device."""
+
+    def __init__(self, auth: Authenticator, on_reject: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.auth = auth
+        self.on_reject = on_reject
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        device = await self.auth.device_for(_metadata(details).get("authorization"))
+        if device is None and self.on_reject is not None:
+            await self.on_reject()
+        return _wrap(handler, device)
+
+
+async def _check(request: Any, context: grpc.aio.ServicerContext, device: str | None) -> None:
+    if device is None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or invalid device token (metadata 'authorization: Bearer <token>')",
+        )
+    claimed = getattr(request, "device_id", "")
+    if claimed and claimed != device:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, f"the token does not belong to device {claimed!r}"
+        )
+
+
+def _wrap(handler: Any, device: str | None) -> Any:
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _check(request, context, device)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _check(request, context, device)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return handler  # streaming-request methods: none in this API

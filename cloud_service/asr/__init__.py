@@ -1,0 +1,1 @@
+"""Full Whisper on PyTorch: checkpoint loading, batched decoding, wire-audio decoding."""

@@ -1,0 +1,1 @@
+"""Redis state and the stream worker: results, the device registry, queued jobs."""

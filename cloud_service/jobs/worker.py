@@ -1,0 +1,229 @@
+"""`cloud-service worker`: decode jobs from the Redis Stream in batches, exactly once per segment.
+
+Each round first reclaims entries another consumer has held longer than `claim_min_idle_ms` (XAUTOCLAIM: that
+worker died), then reads new ones (XREADGROUP), up to `worker_batch` entries decoded as one batch. A result
+is written with SET NX, so however many workers race for a job only one result and one completion count
+exist; then it is published to MQTT (QoS 1) and the entry is acknowledged (XACK). A crash between the
+publish and the "published" mark may publish twice, never zero times; subscribers dedupe by segment_id.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_service.api.messages import parse_request, to_asr_request, to_json, to_response
+from cloud_service.asr.audio_codec import AudioError
+from cloud_service.asr.model import AsrModel
+from cloud_service.config import CloudConfig
+from cloud_service.jobs.store import STATS_KEY, published_key, result_key
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 1000  # how long one XREADGROUP waits for new jobs: bounds the SIGTERM reaction time
+PUBLISH_TIMEOUT_S = 10.0
+
+
+def results_topic(fleet: str, device: str) -> str:
+    return f"fleet/{fleet}/devices/{device}/results"
+
+
+@dataclass(frozen=True)
+class Job:
+    entry_id: str
+    fields: dict[bytes, bytes]
+
+
+class MqttPublisher:
+    """A paho-mqtt 2.x client on its own network thread; `publish` waits for the QoS 1 acknowledgement."""
+
+    def __init__(
+        self, host: str, port: int, client_id: str, user: str | None = None, password: str | None = None
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if user:
+            self.client.username_pw_set(user, password)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.connect_async(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: str) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        if not info.is_published():
+            raise TimeoutError(f"MQTT publish to {topic} not acknowledged in {PUBLISH_TIMEOUT_S:.0f} s")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class StreamWorker:
+    def __init__(
+        self, config: CloudConfig, asr: AsrModel, redis: Any, publisher: MqttPublisher | None
+    ) -> None:
+        self.config = config
+        self.asr = asr
+        self.redis = redis
+        self.publisher = publisher
+        self.stop_event = threading.Event()
+
+    def ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:  # from "0": jobs queued before the first worker ever started are not skipped
+            self.redis.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _claim(self, count: int) -> list[Job]:
+        res = self.redis.xautoclaim(
+            self.config.stream,
+            self.config.group,
+            self.config.consumer,
+            min_idle_time=self.config.claim_min_idle_ms,
+            start_id="0-0",
+            count=count,
+        )
+        claimed = res[1]
+        if claimed:
+            log.info("reclaimed %d jobs from a dead worker", len(claimed))
+        return [Job(_s(eid), fields) for eid, fields in claimed if fields]
+
+    def _read(self, count: int, block_ms: int | None) -> list[Job]:
+        res = self.redis.xreadgroup(
+            self.config.group, self.config.consumer, {self.config.stream: ">"}, count=count, block=block_ms
+        )
+        return [Job(_s(eid), fields) for _stream, entries in res or [] for eid, fields in entries]
+
+    def step(self, block_ms: int = READ_BLOCK_MS) -> int:
+        """One round: reclaim, read, decode as one batch, store, publish, ack. Returns jobs handled."""
+        jobs = self._claim(self.config.worker_batch)
+        if len(jobs) < self.config.worker_batch:
+            # BLOCK 0 would wait forever: with reclaimed work in hand, just top up without blocking.
+            jobs += self._read(self.config.worker_batch - len(jobs), None if jobs else block_ms)
+        if jobs:
+            self._process(jobs)
+        return len(jobs)
+
+    def _process(self, jobs: list[Job]) -> None:
+        todo = []
+        for job in jobs:
+            try:
+                req = parse_request(job.fields[b"request"])
+            except (KeyError, ValueError) as exc:
+                log.error("dropping malformed job %s: %s", job.entry_id, exc)
+                self._ack(job)
+                continue
+            existing = self.redis.get(result_key(req.segment_id))
+            if existing is not None:  # done already (a retry, or a worker that died after storing)
+                self._finish(job, req, None, existing)
+                continue
+            try:
+                todo.append((job, req, to_asr_request(req, self.asr, self.config.max_audio_s)))
+            except (AudioError, ValueError) as exc:
+                log.error("dropping job %s (segment %s): %s", job.entry_id, req.segment_id, exc)
+                self.redis.hincrby(STATS_KEY, "jobs_invalid", 1)
+                self._ack(job)
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        results = self.asr.transcribe_batch([a for _, _, a in todo])
+        log.info("decoded %d jobs in %.0f ms", len(todo), (time.perf_counter() - t0) * 1000)
+        for (job, req, _), res in zip(todo, results, strict=True):
+            enqueued = float(job.fields.get(b"enqueued", b"0") or 0)
+            queue_ms = max(0.0, (time.time() - enqueued) * 1000 - res.inference_ms) if enqueued else 0.0
+            resp = to_response(req, res, self.asr, queue_ms, queue_ms + res.inference_ms)
+            self._finish(job, req, resp.SerializeToString(), None)
+
+    def _finish(self, job: Job, req: Any, data: bytes | None, existing: bytes | None) -> None:
+        from proto.asr.v1 import asr_pb2
+
+        if data is not None:
+            if self.redis.set(result_key(req.segment_id), data, nx=True, ex=self.config.result_ttl_s):
+                self.redis.hincrby(STATS_KEY, "jobs_completed", 1)
+            else:  # another worker stored it first: publish that one, so every subscriber sees one result
+                existing = self.redis.get(result_key(req.segment_id))
+        payload = existing if existing is not None else data
+        if (
+            payload is not None
+            and self.publisher is not None
+            and not self.redis.exists(published_key(req.segment_id))
+        ):
+            fleet = job.fields.get(b"fleet", self.config.fleet.encode()).decode()
+            self.publisher.publish(
+                results_topic(fleet, req.device_id), to_json(asr_pb2.TranscribeResponse.FromString(payload))
+            )
+            self.redis.set(published_key(req.segment_id), b"1", ex=self.config.result_ttl_s)
+        self._ack(job)
+
+    def _ack(self, job: Job) -> None:
+        self.redis.xack(self.config.stream, self.config.group, job.entry_id)
+
+    def run(self) -> None:
+        """Work until `stop_event` is set (SIGTERM); the current batch always completes first."""
+        from redis.exceptions import ConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self.ensure_group()
+        log.info(
+            "worker %s on stream %s, group %s", self.config.consumer, self.config.stream, self.config.group
+        )
+        down = False
+        while not self.stop_event.is_set():
+            if self.config.heartbeat_file:
+                self.config.heartbeat_file.touch()
+            try:
+                self.step()
+                if down:
+                    log.warning("Redis is back")
+                    down = False
+            except TimeoutError as exc:  # MQTT did not acknowledge: the jobs stay pending and are retried
+                log.warning("%s; retrying", exc)
+                self.stop_event.wait(self.config.redis_retry_s)
+            except (ConnectionError, RedisTimeoutError) as exc:
+                if not down:
+                    log.warning(
+                        "Redis unavailable (%s); retrying every %.0f s", exc, self.config.redis_retry_s
+                    )
+                    down = True
+                self.stop_event.wait(self.config.redis_retry_s)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def run_worker(config: CloudConfig) -> None:
+    import signal
+
+    import redis
+
+    from shared.errors import UserError
+
+    if not config.redis_url:
+        raise UserError("the worker needs --redis URL (the job stream lives there)")
+    asr = AsrModel.from_config(config)
+    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
+    publisher = (
+        MqttPublisher(config.mqtt_host, config.mqtt_port, f"asr-{config.consumer}", config.mqtt_user,
+                      config.mqtt_password)
+        if config.mqtt_host
+        else None
+    )
+    worker = StreamWorker(config, asr, client, publisher)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
+    try:
+        worker.run()
+    finally:
+        log.info("worker %s stopped", config.consumer)
+        if publisher is not None:
+            publisher.close()
+        client.close()

@@ -1,0 +1,1 @@
+"""`edge-node` commands: one module per command, argument parsing and output only."""

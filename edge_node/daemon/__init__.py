@@ -1,0 +1,1 @@
+"""`edge-node run`: the long-running daemon (sources, outbox, sender, retries, events)."""

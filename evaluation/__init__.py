@@ -1,0 +1,1 @@
+"""The evaluation library: speech data, corpus, degradations, scoring, hybrid sweep, plot."""

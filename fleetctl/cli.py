@@ -1,0 +1,165 @@
+"""Argument parsing for `fleetctl` and the model/key commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.errors import UserError
+
+DEFAULT_KEY_DIR = Path("keys")
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from shared.signing import init_keypair
+
+    priv, pub = init_keypair(Path(args.dir), force=args.force)
+    print(f"wrote private key {priv} (mode 0600; keep it secret) and public key {pub}")
+    return 0
+
+
+def _cmd_model_fetch(args: argparse.Namespace) -> int:
+    from fleetctl.models.weights import fetch_checkpoint
+
+    out = Path(args.out) if args.out else Path("models") / f"{args.name}.pt"
+    path = Path(args.path) if args.path else None
+    fetch_checkpoint(args.name, out, path=path, offline=args.offline)
+    print(out)
+    return 0
+
+
+def _key_path(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("FLEET_OPERATOR_KEY_FILE")
+    return Path(env) if env else DEFAULT_KEY_DIR / "operator.key"
+
+
+def _cmd_model_build(args: argparse.Namespace) -> int:
+    from fleetctl.models.build import BuildOptions, build_edge_artifact
+    from shared.signing import load_private_key
+
+    key = load_private_key(_key_path(args.key))
+    opts = BuildOptions(quantize=not args.no_quantize, opset=args.opset)
+    manifest = build_edge_artifact(Path(args.checkpoint), Path(args.out), key, opts)
+    print(json.dumps(manifest.raw, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_model_verify(args: argparse.Namespace) -> int:
+    from shared.manifest import verify_artifact
+    from shared.signing import load_public_key
+
+    pub = Path(args.pubkey) if args.pubkey else DEFAULT_KEY_DIR / "operator.pub"
+    manifest = verify_artifact(Path(args.dir), load_public_key(pub))
+    print(f"OK {args.dir}: {manifest.name} {manifest.version}, {len(manifest.files)} files, "
+          f"{manifest.total_bytes / 1e6:.1f} MB, signature valid")
+    return 0
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from fleetctl.certs import CertPlan, init_certs
+
+    names = tuple(n for n in args.server_names.split(",") if n)
+    devices = tuple(n for n in args.devices.split(",") if n)
+    written = init_certs(CertPlan(Path(args.dir), names, devices, args.days), force=args.force)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    from cloud_service.api.auth import hash_token, new_token
+    from cloud_service.jobs.store import device_key
+
+    try:
+        token = new_token(args.name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not args.redis:
+        raise UserError("give --redis URL (or set CLOUD_REDIS_URL): the device registry lives there")
+    client = redis.Redis.from_url(args.redis, socket_connect_timeout=3.0, socket_timeout=3.0)
+    fields: dict[Any, Any] = {"token_sha256": hash_token(token), "created": f"{time.time():.0f}"}
+    try:
+        if client.exists(device_key(args.name)) and not args.rotate:
+            raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token")
+        client.hset(device_key(args.name), mapping=fields)
+    except redis.RedisError as exc:
+        raise UserError(f"cannot reach Redis at {args.redis}: {exc}") from None
+    finally:
+        client.close()
+    # The only time the token is shown: Redis keeps just its sha256.
+    print(token)
+    return 0
+
+
+def _checkpoint_arg(value: str) -> str:
+    # `model build tiny.en` is shorthand for the fetched checkpoint models/tiny.en.pt.
+    if not value.endswith(".pt") and os.path.sep not in value:
+        candidate = Path("models") / f"{value}.pt"
+        if not candidate.exists():
+            raise argparse.ArgumentTypeError(f"{candidate} not found: run `fleetctl model fetch {value}` first")
+        return str(candidate)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetctl", description="Operate a fleet of Whisper edge nodes.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="operator signing keys").add_subparsers(dest="keys_cmd", required=True)
+    k = keys.add_parser("init", help="make an Ed25519 key pair")
+    k.add_argument("--dir", default=str(DEFAULT_KEY_DIR))
+    k.add_argument("--force", action="store_true", help="replace an existing key pair")
+    k.set_defaults(func=_cmd_keys_init)
+
+    certs = sub.add_parser("certs", help="development TLS certificates").add_subparsers(dest="certs_cmd", required=True)
+    c = certs.add_parser("init", help="make a local CA, a server certificate and device client certificates")
+    c.add_argument("--dir", default="certs")
+    c.add_argument("--server-names", default="localhost,cloud,mosquitto", help="comma-separated DNS names")
+    c.add_argument("--devices", default="", help="comma-separated device ids to issue client certificates for")
+    c.add_argument("--days", type=int, default=365)
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=_cmd_certs_init)
+
+    model = sub.add_parser("model", help="weights and edge artifacts").add_subparsers(dest="model_cmd", required=True)
+    f = model.add_parser("fetch", help="resolve an openai-whisper checkpoint (path, cache, download, offline)")
+    f.add_argument("name", help="model name, e.g. tiny.en or base")
+    f.add_argument("--path", help="use this checkpoint file")
+    f.add_argument("--out", help="where to write it (default models/NAME.pt)")
+    f.add_argument("--offline", action="store_true", help="skip openai-whisper's cache and download")
+    f.set_defaults(func=_cmd_model_fetch)
+
+    b = model.add_parser("build", help="build the signed int8 ONNX edge artifact from a checkpoint")
+    b.add_argument("checkpoint", type=_checkpoint_arg, help="checkpoint path, or a fetched name such as tiny.en")
+    b.add_argument("--out", required=True, help="artifact directory to create, e.g. models/tiny.en-int8")
+    b.add_argument("--key", help="operator private key (default $FLEET_OPERATOR_KEY_FILE or keys/operator.key)")
+    b.add_argument("--no-quantize", action="store_true", help="keep fp32 weights (for comparisons)")
+    b.add_argument("--opset", type=int, default=17)
+    b.set_defaults(func=_cmd_model_build)
+
+    v = model.add_parser("verify", help="check every file's sha256 and the manifest signature")
+    v.add_argument("dir")
+    v.add_argument("--pubkey", help="operator public key (default keys/operator.pub)")
+    v.set_defaults(func=_cmd_model_verify)
+
+    from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
+
+    add_fleet_commands(sub, model)
+
+    dev = sub.add_parser("device", help="device registry (cloud auth)").add_subparsers(dest="device_cmd",
+                                                                                       required=True)
+    d = dev.add_parser("add", help="register a device; prints its bearer token once, stores only the hash")
+    d.add_argument("name", help="device id")
+    d.add_argument("--redis", default=os.environ.get("CLOUD_REDIS_URL"), help="redis://HOST:PORT/DB")
+    d.add_argument("--rotate", action="store_true", help="replace the token of a registered device")
+    d.set_defaults(func=_cmd_device_add)
+    return p

@@ -1,0 +1,130 @@
+"""A throwaway cloud for benches: a real Redis, a device registered with `fleetctl device add`, and a
+`cloud-service serve` subprocess, all on free loopback ports.
+
+    python -m bench.local_cloud --token-file TOKEN [--model models/base.pt]
+
+prints HOST:PORT and runs until SIGTERM or ^C.
+
+`evaluation.hybrid_eval` starts one itself unless given `--cloud`; this entry point keeps one up across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.cli import run_cli, setup_logging
+from shared.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_START_TIMEOUT_S = 300.0  # loading base on a busy 2-core machine
+
+
+def register_device(redis_url: str, name: str) -> str:
+    """`fleetctl device add NAME --redis URL`, returning the token it printed once."""
+    from fleetctl.__main__ import main as fleetctl
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = fleetctl(["device", "add", name, "--redis", redis_url])
+    if rc != 0:
+        raise UserError(f"fleetctl device add {name} failed (exit {rc})")
+    return out.getvalue().strip()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()  # serve drains in-flight RPCs on SIGTERM
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def local_cloud(
+    model: Path, workdir: Path, device_id: str, threads: int = 2, max_audio_s: float = 30.0
+) -> Iterator[tuple[str, str]]:
+    """Redis + a registered device + `cloud-service serve` (auth on, no rate limit); yields (target, token)."""
+    from testkit.servers import RedisServer, cloud_serve_cmd, free_port, wait_port
+
+    if not model.is_file():
+        raise UserError(f"cloud checkpoint not found: {model}")
+    redis_server = RedisServer(workdir / "redis")
+    redis_server.start()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        token = register_device(redis_server.url, device_id)
+        port = free_port()
+        cmd = cloud_serve_cmd(
+            port, model, "--redis", redis_server.url, "--device", "cpu",
+            "--threads", str(threads), "--rate-limit", "0", "--max-audio-s", str(max_audio_s),
+        )  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with (workdir / "serve.log").open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while True:  # the port opens once the model is loaded
+            if proc.poll() is not None:
+                tail = (workdir / "serve.log").read_text(errors="replace")[-800:]
+                raise UserError(f"cloud-service serve exited with {proc.returncode}: {tail}")
+            try:
+                wait_port(port, timeout=2.0)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"cloud-service serve did not listen within {SERVE_START_TIMEOUT_S:.0f} s"
+                    ) from None
+        log.info("cloud-service serve on 127.0.0.1:%d (pid %d), Redis %s", port, proc.pid, redis_server.url)
+        yield f"127.0.0.1:{port}", token
+    finally:
+        if proc is not None:
+            _stop(proc)
+        redis_server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.local_cloud", description=__doc__.splitlines()[0])
+    p.add_argument("--token-file", type=Path, required=True, help="write the device token here (mode 0600)")
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "base.pt")
+    p.add_argument("--device-id", default="hybrid-eval")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="local-cloud-")))
+            target, token = stack.enter_context(local_cloud(args.model, tmp, args.device_id, args.threads))
+            fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            print(target, flush=True)
+            stop = threading.Event()
+            # SIGTERM or ^C: leave the with-block, which stops serve and Redis (a background job ignores SIGINT).
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            while not stop.wait(1.0):
+                pass
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Audio for tests on either side: installed Asterisk prompts and wire-audio messages built from them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from evaluation import asterisk
+from proto.asr.v1 import asr_pb2
+
+
+def need_prompts(lang: str) -> list[asterisk.Prompt]:
+    if not asterisk.available(lang):
+        pytest.skip(f"Asterisk {lang} prompts are not installed (run `make setup`)")
+    return asterisk.prompts(lang, min_words=4)
+
+
+def pcm16_audio(wav: Path) -> asr_pb2.Audio:
+    samples, rate = sf.read(wav, dtype="int16")
+    if samples.ndim > 1:
+        samples = samples[:, 0]
+    return asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=rate, data=samples.astype("<i2").tobytes())
+
+
+def encoded_audio(wav: Path, fmt: str, subtype: str, encoding: int) -> asr_pb2.Audio:
+    samples, rate = sf.read(wav, dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return asr_pb2.Audio(encoding=encoding, sample_rate=rate, data=buf.getvalue())
+
+
+def silence_pcm16(seconds: float, rate: int = 16_000) -> asr_pb2.Audio:
+    data = np.zeros(int(seconds * rate), dtype="<i2").tobytes()
+    return asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=rate, data=data)
