@@ -77,16 +77,18 @@ def test_timestamps_beam_and_fallback_paths(edge_engine: Any) -> None:
 
 
 def test_initial_prompt_hot_word(edge_engine: Any) -> None:
-    """tiny.en writes the product in demo-abouttotry as "Astrisk"; the hot word in the prompt fixes it."""
-    wav = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / "demo-abouttotry.wav"
+    """tiny.en writes the product in demo-congrats in lower case ("the asterisk open source PBX"); the hot word
+    in the prompt gives it its name. (With onnxruntime 1.32's int8 artifact, demo-abouttotry, used before,
+    already comes out without the misspelling the hot word fixed.)"""
+    wav = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / "demo-congrats.wav"
     if not wav.exists():
-        pytest.skip("demo-abouttotry prompt is not installed")
+        pytest.skip("demo-congrats prompt is not installed")
     samples = audio.load_audio(wav)
     cfg = replace(edge_engine.config, word_timestamps=False, temperatures=(0.0,))
     plain = edge_engine.with_config(cfg).transcribe(samples).text
     hot = edge_engine.with_config(replace(cfg, initial_prompt="Asterisk")).transcribe(samples).text
     assert "Asterisk" not in plain and "Asterisk" in hot, (plain, hot)
-    assert "Digium" in plain and "Digium" in hot  # the rest is still transcribed
+    assert "PBX" in plain and "PBX" in hot  # the rest is still transcribed
 
 
 def test_confidence_flags_foreign_speech_not_english(edge_engine: Any) -> None:
