@@ -56,13 +56,12 @@ demo: setup
 	$(PY) -m fleetctl model verify $(EDGE_MODEL) --pubkey keys/operator.pub
 	$(PY) scripts/demo.py
 
-lint:
+lint: venv proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
-test: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy .
+test: setup lint
 	$(PY) -m pytest
 
 clean:
