@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evaluation.scoring import evaluate, format_table, row_json
+from evaluation.report import format_table, row_json
+from evaluation.scoring import evaluate
 from shared.audio import load_audio
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError

@@ -68,19 +68,11 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def build_edge_artifact(
     checkpoint: Path, out: Path, key: Ed25519PrivateKey, opts: BuildOptions = BuildOptions()
 ) -> Manifest:
-    import numpy as np
     import whisper
     from tqdm import tqdm
 
     from cloud_service.asr.checkpoint import load_whisper, read_checkpoint
-    from fleetctl.models.export_onnx import (
-        DECODER_OUTPUTS,
-        ENCODER_INPUTS,
-        ENCODER_OUTPUTS,
-        decoder_inputs,
-        export_onnx,
-    )
-    from fleetctl.models.quantize import initializer_names, quantize_int8, share_tied_embedding, store_fp16
+    from fleetctl.models.export_onnx import export_onnx
 
     _prepare_out(out)
     ckpt = read_checkpoint(checkpoint)
@@ -90,7 +82,6 @@ def build_edge_artifact(
         raise UserError(f"{checkpoint} has no alignment heads; re-fetch it with `fleetctl model fetch`")
     dims: dict[str, int] = dict(ckpt["dims"])
     del ckpt
-    multilingual = dims["n_vocab"] >= 51865
     steps = ["load checkpoint", "export ONNX", "quantize int8", "assets", "sign"]
     assets = Path(whisper.__file__).parent / "assets"
     t0 = time.time()
@@ -108,61 +99,14 @@ def build_edge_artifact(
             del model
             bar.update()
             bar.set_postfix_str(steps[2])
-            quant: dict[str, Any]
-            if opts.quantize:
-                for part in ("encoder", "decoder"):
-                    quantize_int8(fp32 / f"{part}.onnx", tmp / f"{part}.onnx")
-                saved = share_tied_embedding(tmp / "decoder.onnx")
-                # Conv kernels and learned positions are not quantized; fp16 storage halves them at no accuracy cost.
-                enc, dec = tmp / "encoder.onnx", tmp / "decoder.onnx"
-                store_fp16(enc, initializer_names(enc, consumer_op="Conv"))
-                store_fp16(dec, initializer_names(dec, pattern="positional_embedding"))
-                quant = {
-                    "method": "onnxruntime quantize_dynamic",
-                    "weights": "int8 symmetric, per output channel",
-                    "activations": "uint8, dynamic per tensor",
-                    "ops": ["MatMul (constant weights only)"],
-                    "tied_embedding": f"token lookup gathers the int8 projection weight ({saved / 1e6:.0f} MB saved)",
-                    "fp16_storage": ["encoder conv kernels", "decoder positional embedding"],
-                }
-            else:
-                for part in ("encoder", "decoder"):
-                    (fp32 / f"{part}.onnx").rename(tmp / f"{part}.onnx")
-                quant = {"method": "none", "weights": "float32"}
+            quant = _quantize(fp32, tmp, opts.quantize)
             shutil.rmtree(fp32)
             bar.update()
             bar.set_postfix_str(steps[3])
-            tok_name = "multilingual.tiktoken" if multilingual else "gpt2.tiktoken"
-            shutil.copyfile(assets / tok_name, tmp / "tokenizer.tiktoken")
-            with np.load(assets / "mel_filters.npz") as f:
-                np.save(tmp / "mel_filters.npy", f[f"mel_{dims['n_mels']}"].astype(np.float32))
-            if opts.vad:
-                with tempfile.TemporaryDirectory(prefix="vad-wheel-") as wd:
-                    wheel = download_wheel(SILERO_VAD, Path(wd))
-                    (tmp / "vad.onnx").write_bytes(read_member(wheel, SILERO_VAD.member))
+            _copy_assets(assets, tmp, dims, opts.vad)
             bar.update()
             bar.set_postfix_str(steps[4])
-            meta = {
-                "name": out.name,
-                "model": model_name,
-                "version": opts.version or time.strftime("%Y%m%d.%H%M%S", time.gmtime()),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-                "dims": dims,
-                "multilingual": multilingual,
-                "alignment_heads": [list(h) for h in heads],
-                "sample_rate": SAMPLE_RATE,
-                "quantization": quant,
-                "onnx": {
-                    "opset": opts.opset,
-                    "layout": "cross_k [L,B,H,d,T] cross_v [L,B,H,T,d]; decoder takes one cross input per layer",
-                    "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
-                    "decoder": {"inputs": decoder_inputs(dims["n_text_layer"]), "outputs": DECODER_OUTPUTS},
-                },
-                "vad": {"file": "vad.onnx", "source": f"{SILERO_VAD.package}=={SILERO_VAD.version}"}
-                if opts.vad
-                else None,
-            }
+            meta = _metadata(out.name, model_name, checkpoint, dims, heads, quant, opts)
             manifest = write_manifest(tmp, meta, key)
             bar.update()
         _replace_dir(tmp, out)
@@ -171,3 +115,71 @@ def build_edge_artifact(
         raise
     log.info("built %s in %.1f s: %.1f MB", out, time.time() - t0, manifest.total_bytes / 1e6)
     return manifest
+
+
+def _quantize(fp32: Path, tmp: Path, quantize: bool) -> dict[str, Any]:
+    """encoder.onnx and decoder.onnx into `tmp`: int8 (or fp32 as exported); returns the manifest's description."""
+    from fleetctl.models.quantize import initializer_names, quantize_int8, share_tied_embedding, store_fp16
+
+    if not quantize:
+        for part in ("encoder", "decoder"):
+            (fp32 / f"{part}.onnx").rename(tmp / f"{part}.onnx")
+        return {"method": "none", "weights": "float32"}
+    for part in ("encoder", "decoder"):
+        quantize_int8(fp32 / f"{part}.onnx", tmp / f"{part}.onnx")
+    saved = share_tied_embedding(tmp / "decoder.onnx")
+    # Conv kernels and learned positions are not quantized; fp16 storage halves them at no accuracy cost.
+    enc, dec = tmp / "encoder.onnx", tmp / "decoder.onnx"
+    store_fp16(enc, initializer_names(enc, consumer_op="Conv"))
+    store_fp16(dec, initializer_names(dec, pattern="positional_embedding"))
+    return {
+        "method": "onnxruntime quantize_dynamic",
+        "weights": "int8 symmetric, per output channel",
+        "activations": "uint8, dynamic per tensor",
+        "ops": ["MatMul (constant weights only)"],
+        "tied_embedding": f"token lookup gathers the int8 projection weight ({saved / 1e6:.0f} MB saved)",
+        "fp16_storage": ["encoder conv kernels", "decoder positional embedding"],
+    }
+
+
+def _copy_assets(assets: Path, tmp: Path, dims: dict[str, int], vad: bool) -> None:
+    """The tokenizer, the mel filterbank and (optionally) the Silero VAD graph."""
+    import numpy as np
+
+    tok_name = "multilingual.tiktoken" if _multilingual(dims) else "gpt2.tiktoken"
+    shutil.copyfile(assets / tok_name, tmp / "tokenizer.tiktoken")
+    with np.load(assets / "mel_filters.npz") as f:
+        np.save(tmp / "mel_filters.npy", f[f"mel_{dims['n_mels']}"].astype(np.float32))
+    if vad:
+        with tempfile.TemporaryDirectory(prefix="vad-wheel-") as wd:
+            wheel = download_wheel(SILERO_VAD, Path(wd))
+            (tmp / "vad.onnx").write_bytes(read_member(wheel, SILERO_VAD.member))
+
+
+def _multilingual(dims: dict[str, int]) -> bool:
+    return dims["n_vocab"] >= 51865
+
+
+def _metadata(name: str, model_name: str, checkpoint: Path, dims: dict[str, int], heads: list[tuple[int, int]],
+              quant: dict[str, Any], opts: BuildOptions) -> dict[str, Any]:
+    from fleetctl.models.export_onnx import DECODER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS, decoder_inputs
+
+    return {
+        "name": name,
+        "model": model_name,
+        "version": opts.version or time.strftime("%Y%m%d.%H%M%S", time.gmtime()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        "dims": dims,
+        "multilingual": _multilingual(dims),
+        "alignment_heads": [list(h) for h in heads],
+        "sample_rate": SAMPLE_RATE,
+        "quantization": quant,
+        "onnx": {
+            "opset": opts.opset,
+            "layout": "cross_k [L,B,H,d,T] cross_v [L,B,H,T,d]; decoder takes one cross input per layer",
+            "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
+            "decoder": {"inputs": decoder_inputs(dims["n_text_layer"]), "outputs": DECODER_OUTPUTS},
+        },
+        "vad": {"file": "vad.onnx", "source": f"{SILERO_VAD.package}=={SILERO_VAD.version}"} if opts.vad else None,
+    }

@@ -9,6 +9,7 @@ the wheel. Everything runs from a temporary directory, so the checkout is not on
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,9 +32,14 @@ FIRST_PARTY = ["edge_node", "cloud_service", "fleetctl", "shared", "proto", "eva
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    src = work / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "models", "keys", "build", "bench",
+                                                            "*.egg-info", "__pycache__", ".*_cache"))
+    shutil.copytree(ROOT / "bench", src / "bench", ignore=shutil.ignore_patterns("out", "__pycache__"))
     dist = work / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(dist), str(ROOT)], check=True, cwd=work, capture_output=True)
+                    str(dist), str(src)], check=True, cwd=work, capture_output=True)
     (wheel,) = dist.glob("whisper_fleet-*.whl")
     env_dir = work / "venv"
     venv.create(env_dir, with_pip=False)

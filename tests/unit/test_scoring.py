@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from evaluation.manifest import ManifestRow, condition_family, parse_manifest
-from evaluation.scoring import Hypothesis, OperatingPoint, evaluate, format_table, results_json, score, words
+from evaluation.report import format_table, results_json
+from evaluation.scoring import Hypothesis, OperatingPoint, evaluate, score, words
 from shared.errors import UserError
 
 
