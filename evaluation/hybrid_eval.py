@@ -32,7 +32,8 @@ import numpy as np
 from edge_node.core.escalation_policy import EscalationPolicy, language_hint
 from evaluation import hybrid_policy as policy
 from evaluation.manifest import ManifestRow, read_manifest
-from evaluation.scoring import Hypothesis, OperatingPoint, format_sweep, format_table, results_json, score, select_rows
+from evaluation.report import format_sweep, format_table, results_json
+from evaluation.scoring import Hypothesis, OperatingPoint, score, select_rows
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 from shared.wire_audio import SAMPLE_RATE, WireEncoding

@@ -175,7 +175,8 @@ def test_hybrid_hypothesis_replaces_only_escalated_segments() -> None:
 
 def test_format_sweep_prints_one_line_per_threshold() -> None:
     from evaluation.manifest import ManifestRow
-    from evaluation.scoring import Hypothesis, format_sweep, score
+    from evaluation.report import format_sweep
+    from evaluation.scoring import Hypothesis, score
 
     rows = [ManifestRow("a", "a.wav", "hello world", "en", "en-x", 2.0), ManifestRow("b", "b.wav", "", None, "m", 2.0)]
     points = [
