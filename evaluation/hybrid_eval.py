@@ -279,9 +279,6 @@ def record_json(rec: ClipRecord, cfg: ConfidenceConfig) -> dict[str, object]:
 
 def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Everything but argument parsing: returns the results JSON (also written to cfg.json_out)."""
-    import tempfile
-
-    from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient, read_token
     from edge_node.engine.config import EdgeConfig
     from edge_node.engine.transcriber import EdgeTranscriber
 
@@ -296,22 +293,7 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
     conf = edge.config.confidence
     thresholds = tuple(sorted({*cfg.thresholds, conf.escalate_below}))
     cfg = HybridEvalConfig(**{**cfg.__dict__, "thresholds": thresholds})
-    with contextlib.ExitStack() as stack:
-        if cfg.cloud and cfg.token_file:
-            target, token = cfg.cloud, read_token(cfg.token_file)
-        else:
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hybrid-eval-")))
-            cloud = local_cloud(cfg.cloud_model, tmp, cfg.device_id, cfg.cloud_threads, MAX_CLOUD_AUDIO_S)
-            target, token = stack.enter_context(cloud)
-        client = EscalationClient(CloudClientConfig(target, cfg.device_id, token, timeout_s=cfg.timeout_s))
-        stack.callback(client.close)
-        runner = Runner(cfg, edge, client)
-        records = []
-        for n, row in enumerate(rows, 1):
-            records.append(runner.clip(row, cfg.manifest.parent / row.audio))
-            if progress:
-                progress(f"{n}/{len(rows)} {row.id}: {len(records[-1].answers)} escalation(s)")
-        calls = runner.calls
+    records, calls = _collect(cfg, edge, rows, progress)
     mismatched = check_default_matches(records, conf)
     if mismatched:
         log.warning("%d segment(s) escalate differently from the shipped flag at the default", mismatched)
@@ -335,6 +317,40 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
         **detect_on_english(records),
         **budget_check(records, conf.escalate_below, conf),
     }
+    _write_outputs(cfg, doc, records, conf)
+    print(format_table({"edge": edge_point, "cloud": cloud_point, f"hybrid@{chosen.threshold:g}": chosen}))
+    print()
+    print(format_sweep(hybrid))
+    return doc
+
+
+def _collect(cfg: HybridEvalConfig, edge: EdgeTranscriber, rows: list[ManifestRow],
+             progress: Callable[[str], None] | None) -> tuple[list[ClipRecord], int]:
+    """Every clip through the edge and its escalations through a cloud (cfg.cloud, or a throwaway local one)."""
+    import tempfile
+
+    from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient, read_token
+
+    with contextlib.ExitStack() as stack:
+        if cfg.cloud and cfg.token_file:
+            target, token = cfg.cloud, read_token(cfg.token_file)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hybrid-eval-")))
+            cloud = local_cloud(cfg.cloud_model, tmp, cfg.device_id, cfg.cloud_threads, MAX_CLOUD_AUDIO_S)
+            target, token = stack.enter_context(cloud)
+        client = EscalationClient(CloudClientConfig(target, cfg.device_id, token, timeout_s=cfg.timeout_s))
+        stack.callback(client.close)
+        runner = Runner(cfg, edge, client)
+        records = []
+        for n, row in enumerate(rows, 1):
+            records.append(runner.clip(row, cfg.manifest.parent / row.audio))
+            if progress:
+                progress(f"{n}/{len(rows)} {row.id}: {len(records[-1].answers)} escalation(s)")
+        return records, runner.calls
+
+
+def _write_outputs(cfg: HybridEvalConfig, doc: dict[str, Any], records: list[ClipRecord],
+                   conf: ConfidenceConfig) -> None:
     cfg.json_out.parent.mkdir(parents=True, exist_ok=True)
     cfg.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     if cfg.rows_out:
@@ -345,10 +361,6 @@ def run(cfg: HybridEvalConfig, progress: Callable[[str], None] | None = None) ->
         from evaluation.plot import plot_results
 
         plot_results(doc, cfg.plot)
-    print(format_table({"edge": edge_point, "cloud": cloud_point, f"hybrid@{chosen.threshold:g}": chosen}))
-    print()
-    print(format_sweep(hybrid))
-    return doc
 
 
 def _thresholds(text: str) -> tuple[float, ...]:
