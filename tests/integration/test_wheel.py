@@ -34,9 +34,7 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     work = tmp_path_factory.mktemp("wheel")
     # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
     src = work / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "models", "keys", "build", "bench",
-                                                            "*.egg-info", "__pycache__", ".*_cache"))
-    shutil.copytree(ROOT / "bench", src / "bench", ignore=shutil.ignore_patterns("out", "__pycache__"))
+    shutil.copytree(ROOT, src, ignore=_source_only)
     dist = work / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(dist), str(src)], check=True, cwd=work, capture_output=True)
@@ -50,6 +48,16 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
                     str(wheel)], check=True, cwd=work, capture_output=True)
     yield env_dir, work
+
+
+def _source_only(directory: str, names: list[str]) -> set[str]:
+    """What a source distribution would not carry: the checkout's venv, models, keys, caches and outputs."""
+    skip = {n for n in names if n in {"__pycache__", "build"} or n.endswith(".egg-info") or n.startswith(".")}
+    if Path(directory) == ROOT:
+        skip |= {"models", "keys", "state", "samples", "secrets"} & set(names)
+    if Path(directory) == ROOT / "bench":
+        skip |= {"out"} & set(names)
+    return skip
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
