@@ -1,9 +1,9 @@
 """The escalation rules the hybrid harness applies per segment (pure: no I/O).
 
-They mirror the edge's shipped policy (edge_node/core/confidence.py `judge`) so that the sweep moves one knob,
-`ConfidenceConfig.escalate_below`, and equals the shipped behaviour at its default: a segment escalates when
-its `confidence` is below the threshold, or (with `escalate_on_fallback`) when it was decoded only after
-temperature fallback. Segments the edge dropped as non-speech never reach here: they have no text to revise.
+They are the edge's shipped policy (edge_node/core/confidence.py `escalates`, the rule `judge` applies), with one
+knob moved, `ConfidenceConfig.escalate_below`, so the sweep equals the shipped behaviour at its default: a segment
+escalates when its `confidence` is below the threshold, or (with `escalate_on_fallback`) when it was decoded only
+after temperature fallback. Segments the edge dropped as non-speech never reach here: they have no text to revise.
 The no-speech and repetition rules of `judge` cap `confidence` at 0.1 (0.0 when dropped), so they act through
 the same number. The language hint is the edge's own (edge_node/core/escalation_policy.py `language_hint`).
 """
@@ -11,14 +11,15 @@ the same number. The language hint is the edge's own (edge_node/core/escalation_
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
-from edge_node.core.confidence import ConfidenceConfig
+from edge_node.core import confidence as conf
 from edge_node.core.escalation_policy import EscalationBudget, EscalationPolicy
 
 
-def escalates(confidence: float, temperature: float, threshold: float, cfg: ConfidenceConfig) -> bool:
+def escalates(confidence: float, temperature: float, threshold: float, cfg: conf.ConfidenceConfig) -> bool:
     """The shipped `escalate` flag of a kept segment, with `threshold` in place of `cfg.escalate_below`."""
-    return confidence < threshold or (cfg.escalate_on_fallback and temperature > 0)
+    return conf.escalates(confidence, temperature, replace(cfg, escalate_below=threshold))
 
 
 def budget_refusals(stream: Sequence[tuple[float, Sequence[float]]], policy: EscalationPolicy) -> tuple[int, float]:

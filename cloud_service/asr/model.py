@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, DETECT, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
+
 if TYPE_CHECKING:
     import torch
     import whisper
@@ -22,14 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Whisper's own fallback rules (as in whisper.transcribe): a result that is too repetitive or too unlikely is
-# decoded again at the next temperature, unless the window is judged silent.
-COMPRESSION_RATIO_THRESHOLD = 2.4
-LOGPROB_THRESHOLD = -1.0
-NO_SPEECH_THRESHOLD = 0.6
 BEST_OF = 5  # samples per item when decoding at a temperature above zero
 SECONDS_PER_TIMESTAMP = 0.02
-DETECT = "detect"
 LENGTH_RATIO = 2.0  # items decoded together differ in duration by at most this factor
 
 
@@ -85,6 +81,8 @@ def length_chunks(idx: list[int], lengths: list[int], ratio: float = LENGTH_RATI
 
 
 def needs_fallback(avg_logprob: float, compression_ratio: float, no_speech_prob: float) -> bool:
+    """Whisper's own fallback rule (as in whisper.transcribe, shared/whisper_rules.py's thresholds): a result that is
+    too repetitive or too unlikely is decoded again at the next temperature, unless the window is judged silent."""
     if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
         return False  # silence: a low log-probability is expected, retrying would only hallucinate
     return compression_ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOGPROB_THRESHOLD
@@ -268,7 +266,8 @@ class AsrModel:
         if hint in LANGUAGES:
             return hint
         if hint in TO_LANGUAGE_CODE:
-            return TO_LANGUAGE_CODE[hint]
+            code: str = TO_LANGUAGE_CODE[hint]
+            return code
         raise ValueError(f"unknown language {hint!r}; use an ISO code such as 'en' or 'detect'")
 
     def _mels(self, items: list[AsrRequest]) -> torch.Tensor:

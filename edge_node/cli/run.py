@@ -7,8 +7,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edge_node.adapters.cloud_client import CloudClientConfig, read_token
+from edge_node.adapters.mqtt_agent import AgentConfig
+from edge_node.core.escalation_policy import EscalationPolicy
+from edge_node.daemon.config import DaemonConfig
+from edge_node.daemon.daemon import EdgeDaemon
+from edge_node.daemon.outbox import OutboxLimits
 from edge_node.engine.config import DEFAULT_MODEL_DIR, EdgeConfig
 from shared.errors import UserError
+from shared.fsutil import read_secret
+from shared.net import parse_host_port
+from shared.wire_audio import WireEncoding
 
 
 def add_run_parser(sub: Any) -> None:
@@ -51,13 +60,7 @@ def add_run_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    from edge_node.adapters.cloud_client import CloudClientConfig, read_token
-    from edge_node.core.escalation_policy import EscalationPolicy
-    from edge_node.daemon.daemon import DaemonConfig
-    from edge_node.daemon.outbox import OutboxLimits
-    from shared.wire_audio import WireEncoding
-
+def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     if args.source != "-" and not Path(args.source).exists():
         raise UserError(f"--source {args.source}: no such file or directory")
     if args.beam is not None and not 1 <= args.beam <= 16:
@@ -88,22 +91,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> Any:
-    from edge_node.adapters.mqtt_agent import AgentConfig
-
-    host, _, port = args.mqtt.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--mqtt wants HOST:PORT, not {args.mqtt!r}")
-    password = None
-    if args.mqtt_password_file:
-        try:
-            password = args.mqtt_password_file.read_text().strip()
-        except OSError as exc:
-            raise UserError(f"cannot read {args.mqtt_password_file}: {exc.strerror}") from None
+def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> AgentConfig:
+    host, port = parse_host_port(args.mqtt, what="--mqtt")
+    password = read_secret(args.mqtt_password_file) if args.mqtt_password_file else None
     try:
         return AgentConfig(
             fleet=args.fleet, device_id=args.device_id, state_dir=args.state_dir / "agent", host=host,
-            port=int(port), username=args.mqtt_user or args.device_id, password=password,
+            port=port, username=args.mqtt_user or args.device_id, password=password,
             operator_pubkey=pubkey, require_signed=pubkey is not None, tls_ca=args.mqtt_tls_ca,
         )
     except ValueError as exc:
@@ -111,6 +105,4 @@ def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_node.daemon.daemon import EdgeDaemon
-
     return EdgeDaemon(config_from_args(args)).run()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, NO_SPEECH_THRESHOLD
+
 
 @dataclass(frozen=True)
 class ConfidenceConfig:
@@ -29,8 +31,8 @@ class ConfidenceConfig:
     # Escalate below this confidence (cross-validated: 2-5 % of English, 96-100 % of es/fr flagged).
     escalate_below: float = 0.6
     # Whisper's own signals, as hard rules: a likely silence, and repetitive text (gzip ratio) = a loop.
-    no_speech_ceiling: float = 0.6
-    compression_ceiling: float = 2.4
+    no_speech_ceiling: float = NO_SPEECH_THRESHOLD
+    compression_ceiling: float = COMPRESSION_RATIO_THRESHOLD
     # A segment decoded only after temperature fallback was not understood at temperature 0.
     escalate_on_fallback: bool = True
     # Drop the segment's words when it is probably not speech (music, noise): the hallucination guard.
@@ -96,5 +98,11 @@ def judge(f: SegmentFeatures, cfg: ConfidenceConfig = ConfidenceConfig()) -> Ver
     confidence = _sigmoid(score)
     if f.no_speech_prob > cfg.no_speech_ceiling or f.compression_ratio > cfg.compression_ceiling:
         confidence = min(confidence, 0.0 if drop else 0.1)
-    escalate = confidence < cfg.escalate_below or (cfg.escalate_on_fallback and f.temperature > 0) or drop
+    escalate = escalates(confidence, f.temperature, cfg) or drop
     return Verdict(confidence=round(confidence, 4), escalate=escalate, drop=drop)
+
+
+def escalates(confidence: float, temperature: float, cfg: ConfidenceConfig = ConfidenceConfig()) -> bool:
+    """The escalate rule of a kept segment (`judge` also escalates what it drops): its confidence is below the
+    threshold, or (with `escalate_on_fallback`) it was decoded only after temperature fallback."""
+    return confidence < cfg.escalate_below or (cfg.escalate_on_fallback and temperature > 0)

@@ -13,22 +13,16 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from edge_node.core.tokenizer import Tokenizer
+from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
 
 log = logging.getLogger(__name__)
 
-# Temperature fallback, as openai-whisper's transcribe(): retry at the next temperature when the text is too
-# repetitive (gzip compression ratio above this) ...
-COMPRESSION_RATIO_THRESHOLD = 2.4
-# ... or when the model was unsure on average (mean token log-probability below this) ...
-LOGPROB_THRESHOLD = -1.0
-# ... unless the window is probably silence (no-speech probability above this and the log-prob is low).
-NO_SPEECH_THRESHOLD = 0.6
 TEMPERATURES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 TIME_PRECISION = 0.02  # seconds per timestamp token (30 s / 1500 audio positions)
 
@@ -344,7 +338,8 @@ def _rank_score(row: _Row, sample_begin: int, eot: int, length_penalty: float | 
 
 
 def needs_fallback(result: DecodingResult) -> bool:
-    """openai-whisper's rule for trying the next temperature."""
+    """openai-whisper's rule for trying the next temperature (shared/whisper_rules.py's thresholds): the text is too
+    repetitive or the model unsure on average, unless the window is probably silence."""
     too_repetitive = result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
     unsure = result.avg_logprob < LOGPROB_THRESHOLD
     silence = result.no_speech_prob > NO_SPEECH_THRESHOLD and unsure
@@ -365,8 +360,6 @@ def decode_with_fallback(
     `done(result)` says an item needs no further temperature (default: not `needs_fallback`).
     """
     accept = done if done is not None else (lambda r: not needs_fallback(r))
-    from dataclasses import replace
-
     results: list[DecodingResult | None] = [None] * cross_k.shape[1]
     todo = list(range(cross_k.shape[1]))
     for n, t in enumerate(temperatures):

@@ -10,6 +10,7 @@ every reconnect) is recognised as a duplicate: nothing changes and no second ack
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -86,13 +87,14 @@ class Reconciler:
     require_signed: bool = True
     config: _Scopes[DesiredConfig] = field(default_factory=_Scopes)
     model: _Scopes[DesiredModel] = field(default_factory=_Scopes)
+    clock: Callable[[], float] = field(kw_only=True)  # the adapter's wall clock (time.time): stamps each ack
 
     # ------------------------------------------------------------------ helpers
 
     def _ack(self, kind: str, version: int | None, accepted: bool, reason: str = "") -> Ack:
         return Ack.model_validate({
             "fleet": self.fleet, "device": self.device, "kind": kind, "version": version,
-            "accepted": accepted, "reason": reason,
+            "accepted": accepted, "reason": reason, "at": self.clock(),
         })
 
     def _check(self, msg: DesiredConfig | DesiredModel, device_scope: bool) -> None:

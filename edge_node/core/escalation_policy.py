@@ -1,7 +1,9 @@
-"""What the edge sends to the cloud: the escalation budget and the language hint. Pure: no I/O, no clock.
+"""What the edge sends to the cloud: the per-segment decision, the escalation budget and the language hint. Pure: no
+I/O, no clock.
 
-The per-segment decision (confidence, `escalate`) is edge_node/core/confidence.py's; this module decides whether an
-escalation the segment wants is affordable, and what language the cloud should assume.
+`decide` is the one escalation decision: edge_node/core/confidence.py's verdict (confidence, `escalate`) under the
+thresholds in force, the operator's optional log-prob cap, and the language the cloud should assume. The budget
+then says whether an escalation the segment wants is affordable.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-DETECT = "detect"
+from edge_node.core.confidence import ConfidenceConfig, SegmentFeatures, judge
+from shared.whisper_rules import DETECT
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,25 @@ class EscalationPolicy:
     # below which a segment escalates whatever its confidence.
     max_per_min: int | None = None
     escalate_logprob_below: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    confidence: float  # in [0, 1]
+    escalate: bool  # the segment wants the cloud's answer (before the budget is asked)
+    drop: bool  # the text is probably not speech
+    language: str  # the hint an escalation carries: the device's language, or DETECT
+
+
+def decide(features: SegmentFeatures, cfg: ConfidenceConfig, policy: EscalationPolicy) -> Decision:
+    """One segment's escalation decision under the confidence thresholds and the policy in force."""
+    verdict = judge(features, cfg)
+    return Decision(
+        confidence=verdict.confidence,
+        escalate=wants_escalation(verdict.escalate, features.avg_logprob, policy),
+        drop=verdict.drop,
+        language=language_hint(verdict.confidence, policy),
+    )
 
 
 def wants_escalation(edge_flag: bool, avg_logprob: float, policy: EscalationPolicy) -> bool:

@@ -34,7 +34,8 @@ def median_filter(x: np.ndarray, width: int) -> np.ndarray:
         return x
     padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
     windows = np.lib.stride_tricks.sliding_window_view(padded, width, axis=-1)
-    return np.median(windows, axis=-1).astype(x.dtype)
+    out: np.ndarray = np.median(windows, axis=-1).astype(x.dtype)
+    return out
 
 
 def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

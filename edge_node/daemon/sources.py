@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from shared import audio
+from shared import audio, audio_files
 from shared.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def file_key(path: Path) -> str:
 
 def read_file(path: Path) -> AudioChunk:
     key = file_key(path)
-    return AudioChunk(key, str(path), 0.0, audio.load_audio(path))
+    return AudioChunk(key, str(path), 0.0, audio_files.load_audio(path))
 
 
 class ProcessedLog:
@@ -95,7 +95,7 @@ def watch_directory(
                 key = file_key(path)
                 if key in processed:
                     continue
-                yield AudioChunk(key, str(path), 0.0, audio.load_audio(path))
+                yield AudioChunk(key, str(path), 0.0, audio_files.load_audio(path))
             except UserError as exc:
                 failed.add(mark)  # logged once, not every poll
                 log.error("skipping %s", exc)

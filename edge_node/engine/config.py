@@ -7,7 +7,8 @@ from pathlib import Path
 
 from edge_node.core.confidence import ConfidenceConfig
 from edge_node.core.decoding import TEMPERATURES
-from edge_node.engine.vad import VadOptions
+from edge_node.core.vad_rules import VadOptions
+from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD
 
 DEFAULT_MODEL_DIR = Path("models/tiny.en-int8")
 
@@ -30,7 +31,7 @@ class AudioContextPolicy:
     margin_frames: int = 1000
     step_frames: int = 100
     min_frames: int = 1500
-    rescue_compression_ratio: float = 2.4  # a repetition loop
+    rescue_compression_ratio: float = COMPRESSION_RATIO_THRESHOLD  # a repetition loop
     rescue_logprob: float = -0.6  # doubtful on average
 
     def frames_for(self, n_audio_frames: int, max_frames: int = 3000) -> int:

@@ -1,6 +1,6 @@
 """File -> segments: VAD windows of <= 30 s, a reduced audio context per window, batched decoding, confidence.
 
-Adapter around the pure parts (audio, decoding, timing, confidence): it owns the onnxruntime sessions.
+Adapter around the pure parts (audio, decoding, timing, confidence, windows): it owns the onnxruntime sessions.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from edge_node.core import confidence as conf
 from edge_node.core.decoding import DecodingOptions, DecodingResult, decode_with_fallback, needs_fallback
 from edge_node.core.timing import WordTiming, token_time_matrix, word_timings
 from edge_node.core.tokenizer import Tokenizer, get_tokenizer
+from edge_node.core.windows import Window, plan_windows
 from edge_node.engine.config import EdgeConfig
 from edge_node.engine.onnx_model import SessionConfig, WhisperOnnx
-from edge_node.engine.vad import SileroVad, SpeechSegment
-from shared import audio
+from edge_node.engine.vad import SileroVad
+from shared import audio, audio_files
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ class Segment:
     # escalation sends this span, so speech the edge could not read is not cut off.
     audio_start: float = 0.0
     audio_end: float = 0.0
+    # Tokens the segment was judged on (its text and the closing token). A kept segment has at least two: the
+    # default is that floor, for segments built by hand.
+    n_tokens: int = 2
+
+    def features(self) -> conf.SegmentFeatures:
+        """The decoding features the segment was judged on (as rounded here), to judge it again."""
+        return conf.SegmentFeatures(self.avg_logprob, self.no_speech_prob, self.compression_ratio,
+                                    self.min_token_prob, self.mean_entropy, self.temperature, self.n_tokens)
 
 
 @dataclass(frozen=True)
@@ -55,47 +64,6 @@ class FileResult:
     wall_s: float
 
 
-@dataclass(frozen=True)
-class Window:
-    start: float
-    end: float
-
-
-def plan_windows(
-    speech: list[SpeechSegment], duration: float, max_window_s: float = 30.0, split_pause_s: float | None = None
-) -> list[Window]:
-    """Pack VAD speech segments into windows of at most `max_window_s`, cut only in pauses (pure).
-
-    A clip that fits in one window is decoded whole (as openai-whisper would) when it has any speech; a speech
-    run longer than a window is cut into window-sized pieces. With `split_pause_s`, a pause at least that long
-    also ends a window: each utterance is then its own segment, with its own confidence and escalation.
-    """
-    if not speech:
-        return []
-    if duration <= max_window_s and split_pause_s is None:
-        return [Window(0.0, duration)]
-    windows: list[Window] = []
-    cur: Window | None = None
-    for seg in speech:
-        s, e = seg.start, seg.end
-        while e - s > max_window_s:  # a very long run: hard cuts
-            if cur is not None:
-                windows.append(cur)
-                cur = None
-            windows.append(Window(s, s + max_window_s))
-            s += max_window_s
-        joins = split_pause_s is None or (cur is not None and s - cur.end < split_pause_s)
-        if cur is not None and e - cur.start <= max_window_s and joins:
-            cur = Window(cur.start, e)
-        else:
-            if cur is not None:
-                windows.append(cur)
-            cur = Window(s, e)
-    if cur is not None:
-        windows.append(cur)
-    return windows
-
-
 class EdgeTranscriber:
     """Loads the artifact once; transcribes files or sample arrays."""
 
@@ -105,7 +73,7 @@ class EdgeTranscriber:
         session = SessionConfig(intra_op_threads=config.threads, enable_cpu_mem_arena=config.memory_arena)
         self.model = WhisperOnnx(d, session)
         self.tokenizer: Tokenizer = get_tokenizer(d / "tokenizer.tiktoken", self.model.info.multilingual)
-        self.filters = audio.load_mel_filters(d / "mel_filters.npy")
+        self.filters = audio_files.load_mel_filters(d / "mel_filters.npy")
         self.vad = SileroVad(d / "vad.onnx", SessionConfig(intra_op_threads=1))
         self.options = self._decoding_options(config)
 
@@ -125,7 +93,7 @@ class EdgeTranscriber:
 
     def transcribe_file(self, path: str | Path) -> FileResult:
         t0 = time.perf_counter()
-        samples = audio.load_audio(path)
+        samples = audio_files.load_audio(path)
         result = self.transcribe(samples)
         return replace(result, file=str(path), wall_s=round(time.perf_counter() - t0, 4))
 
@@ -254,6 +222,7 @@ class EdgeTranscriber:
                     words=seg_words,
                     audio_start=round(audio_span[0], 3),
                     audio_end=round(audio_span[1], 3),
+                    n_tokens=sf.n_tokens,
                 )
             )
         return segments

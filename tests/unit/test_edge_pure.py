@@ -11,9 +11,9 @@ from edge_node.core import confidence as conf
 from edge_node.core.decoding import DecodingOptions, LogitRules, compression_ratio, initial_tokens, needs_fallback
 from edge_node.core.timing import dtw, median_filter
 from edge_node.core.tokenizer import Tokenizer, get_tokenizer
+from edge_node.core.vad_rules import SpeechSegment, VadOptions, segments_from_probs
+from edge_node.core.windows import Window, plan_windows
 from edge_node.engine.config import AudioContextPolicy
-from edge_node.engine.transcriber import Window, plan_windows
-from edge_node.engine.vad import SpeechSegment, VadOptions, segments_from_probs
 
 whisper_tokenizer = pytest.importorskip("whisper.tokenizer")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from edge_node.core.escalation_policy import DETECT, EscalationBudget, EscalationPolicy, language_hint, wants_escalation
-from edge_node.core.live_params import Tunables, apply_params
+from edge_node.core.escalation_policy import EscalationBudget, EscalationPolicy, language_hint, wants_escalation
+from edge_node.core.vad_rules import SpeechSegment
+from edge_node.core.windows import Window, plan_windows
+from edge_node.daemon.live_params import Tunables, apply_params
 from edge_node.engine.config import EdgeConfig
-from edge_node.engine.transcriber import Window, plan_windows
-from edge_node.engine.vad import SpeechSegment
 from shared.fleet_schema import ConfigParams
+from shared.whisper_rules import DETECT
 
 
 def test_budget_caps_the_share_of_escalated_seconds() -> None:

@@ -1,6 +1,7 @@
 """Operator parameters (MQTT `ConfigParams`) -> the daemon's engine config and escalation policy. Pure.
 
-Unset fields keep the values the daemon started with, so removing an override returns to the local default.
+Unset fields keep the values the daemon started with, so removing an override returns to the local default. It sits
+beside the daemon, not in edge_node/core, because it builds the engine's `EdgeConfig` (core imports no engine).
 """
 
 from __future__ import annotations
