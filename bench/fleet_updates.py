@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from edge_node.adapters.model_update import ModelUpdater, UpdaterConfig
 from edge_node.core.desired_state import ParamsBox, Reconciler
 from shared.fleet_schema import (
@@ -49,6 +47,7 @@ from shared.fleet_schema import (
     parse_payload,
     state_topic,
 )
+from shared.mqtt import Client, MqttSettings, Will, make_client
 from shared.signing import init_keypair, load_private_key
 
 log = logging.getLogger(__name__)
@@ -59,27 +58,27 @@ class Hub:
 
     def __init__(self) -> None:
         self.sel = selectors.DefaultSelector()
-        self.clients: list[mqtt.Client] = []
+        self.clients: list[Client] = []
         self._calls: list[Any] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hub", daemon=True)
 
-    def _register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def _register_write(self, client: Client, userdata: Any, sock: Any) -> None:
         self.sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
 
-    def _unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def _unregister_write(self, client: Client, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.modify(sock, selectors.EVENT_READ, client)
 
-    def _open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def _open(self, client: Client, userdata: Any, sock: Any) -> None:
         self.sel.register(sock, selectors.EVENT_READ, client)
 
-    def _close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    def _close(self, client: Client, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(sock)
 
-    def add(self, client: mqtt.Client, host: str, port: int) -> None:
+    def add(self, client: Client, host: str, port: int) -> None:
         """Connect (a blocking TCP connect) before the hub thread starts: the selector is then its alone."""
         client.on_socket_open = self._open
         client.on_socket_close = self._close
@@ -131,32 +130,32 @@ class SimDevice:
     def __init__(self, hub: Hub, fleet: str, device: str, key_pub: Any, updater: ModelUpdater | None = None,
                  pool: ThreadPoolExecutor | None = None) -> None:
         self.hub, self.fleet, self.device = hub, fleet, device
-        self.rec = Reconciler(fleet, device, key_pub)
+        self.rec = Reconciler(fleet, device, key_pub, clock=time.time)
         self.params = ParamsBox()
         self.updater, self.pool = updater, pool
         self.subscribed = threading.Event()
         self.model_done = 0
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{fleet}-{device}")
+        c = make_client(MqttSettings(client_id=f"sim-{fleet}-{device}"),
+                        will=Will(state_topic(fleet, device), self._state(False), qos=1, retain=True))
         c.on_connect = self._on_connect
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
-        c.will_set(state_topic(fleet, device), self._state(False), qos=1, retain=True)
         self.client = c
 
     def _state(self, online: bool) -> bytes:
         inst = self.updater.installed if self.updater else None
         return DeviceState(fleet=self.fleet, device=self.device, online=online,
                            config_version=self.rec.config_version,
-                           model_version=inst.model_version if inst else None).to_json()
+                           model_version=inst.model_version if inst else None, last_seen=time.time()).to_json()
 
-    def _on_connect(self, c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+    def _on_connect(self, c: Client, u: Any, f: Any, rc: Any, p: Any) -> None:
         topics = [fleet_config_topic(self.fleet), device_config_topic(self.fleet, self.device)]
         if self.updater:
             topics += [fleet_model_topic(self.fleet), device_model_topic(self.fleet, self.device)]
         c.subscribe([(t, 1) for t in topics])
         c.publish(state_topic(self.fleet, self.device), self._state(True), qos=1, retain=True)
 
-    def _on_message(self, c: mqtt.Client, u: Any, msg: Any) -> None:
+    def _on_message(self, c: Client, u: Any, msg: Any) -> None:
         device_scope = "/devices/" in msg.topic
         if msg.topic.endswith("/config"):
             out = self.rec.receive_config(device_scope, bytes(msg.payload))
@@ -194,7 +193,7 @@ class AckCounter:
         self.accepted: dict[int, set[str]] = {}
         self.rejected: dict[int, dict[str, str]] = {}
         self.changed = threading.Condition(self.lock)
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-acks-{fleet}")
+        self.c = make_client(MqttSettings(port=port, client_id=f"bench-acks-{fleet}"))
         self.c.on_connect = lambda c, *a: c.subscribe(f"fleet/{fleet}/devices/+/ack", qos=1)
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port)

@@ -10,6 +10,7 @@ from pathlib import Path
 from cloud_service import config as c
 from cloud_service.config import CloudConfig, TlsConfig
 from shared.errors import UserError
+from shared.fsutil import read_secret
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -62,17 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--mqtt-port", type=int, default=1883)
     w.add_argument("--mqtt-user", help="broker user name (the broker's ACL gives it the results topics)")
     w.add_argument("--mqtt-password-file", type=Path, help="file holding the broker password")
+    w.add_argument("--mqtt-tls-ca", type=Path, help="CA certificate: connect to the broker with TLS")
     w.add_argument("--heartbeat-file", type=Path, help="touched every loop (container health checks)")
     return p
-
-
-def _read_secret(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _tls(args: argparse.Namespace) -> TlsConfig | None:
@@ -124,7 +117,8 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         claim_min_idle_ms=getattr(args, "claim_min_idle_ms", c.DEFAULT_CLAIM_MIN_IDLE_MS),
         mqtt_host=getattr(args, "mqtt_host", None),
         mqtt_user=getattr(args, "mqtt_user", None),
-        mqtt_password=_read_secret(getattr(args, "mqtt_password_file", None)),
+        mqtt_password=read_secret(args.mqtt_password_file) if getattr(args, "mqtt_password_file", None) else None,
+        mqtt_tls_ca=getattr(args, "mqtt_tls_ca", None),
         heartbeat_file=getattr(args, "heartbeat_file", None),
         mqtt_port=getattr(args, "mqtt_port", 1883),
         grace_s=getattr(args, "grace_s", 5.0),

@@ -54,6 +54,7 @@ class CloudConfig:
     mqtt_port: int = 1883
     mqtt_user: str | None = None
     mqtt_password: str | None = field(default=None, repr=False)  # read from a file; never printed
+    mqtt_tls_ca: Path | None = None  # set: TLS to the broker, verifying it against this CA
     heartbeat_file: Path | None = None  # touched every loop: the container health check
     grace_s: float = 5.0  # graceful-shutdown time for in-flight RPCs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edge_node.cli.agent import add_agent_parser
 from edge_node.cli.run import add_run_parser
 from edge_node.cli.transcribe import add_transcribe_parser
 from shared.cli import run_cli, setup_logging
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_transcribe_parser(sub)
     add_run_parser(sub)
+    add_agent_parser(sub)
     return p
 
 

@@ -6,24 +6,26 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from cloud_service.jobs.store import DeviceExists, check_device_id, register_device
+from fleetctl.certs import CertPlan, init_certs
+from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
+from fleetctl.models.build import BuildOptions, build_edge_artifact
+from fleetctl.models.weights import fetch_checkpoint
 from shared.errors import UserError
+from shared.manifest import verify_artifact
+from shared.signing import init_keypair, load_private_key, load_public_key
 
 DEFAULT_KEY_DIR = Path("keys")
 
 
 def _cmd_keys_init(args: argparse.Namespace) -> int:
-    from shared.signing import init_keypair
-
     priv, pub = init_keypair(Path(args.dir), force=args.force)
     print(f"wrote private key {priv} (mode 0600; keep it secret) and public key {pub}")
     return 0
 
 
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
-    from fleetctl.models.weights import fetch_checkpoint
-
     out = Path(args.out) if args.out else Path("models") / f"{args.name}.pt"
     path = Path(args.path) if args.path else None
     fetch_checkpoint(args.name, out, path=path, offline=args.offline)
@@ -39,9 +41,6 @@ def _key_path(arg: str | None) -> Path:
 
 
 def _cmd_model_build(args: argparse.Namespace) -> int:
-    from fleetctl.models.build import BuildOptions, build_edge_artifact
-    from shared.signing import load_private_key
-
     key = load_private_key(_key_path(args.key))
     opts = BuildOptions(quantize=not args.no_quantize, opset=args.opset)
     manifest = build_edge_artifact(Path(args.checkpoint), Path(args.out), key, opts)
@@ -50,9 +49,6 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_verify(args: argparse.Namespace) -> int:
-    from shared.manifest import verify_artifact
-    from shared.signing import load_public_key
-
     pub = Path(args.pubkey) if args.pubkey else DEFAULT_KEY_DIR / "operator.pub"
     manifest = verify_artifact(Path(args.dir), load_public_key(pub))
     print(f"OK {args.dir}: {manifest.name} {manifest.version}, {len(manifest.files)} files, "
@@ -61,8 +57,6 @@ def _cmd_model_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
-    from fleetctl.certs import CertPlan, init_certs
-
     names = tuple(n for n in args.server_names.split(",") if n)
     devices = tuple(n for n in args.devices.split(",") if n)
     written = init_certs(CertPlan(Path(args.dir), names, devices, args.days), force=args.force)
@@ -72,25 +66,19 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_device_add(args: argparse.Namespace) -> int:
-    import time
-
     import redis
 
-    from cloud_service.api.auth import hash_token, new_token
-    from cloud_service.jobs.store import device_key
-
     try:
-        token = new_token(args.name)
+        check_device_id(args.name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if not args.redis:
         raise UserError("give --redis URL (or set CLOUD_REDIS_URL): the device registry lives there")
     client = redis.Redis.from_url(args.redis, socket_connect_timeout=3.0, socket_timeout=3.0)
-    fields: dict[Any, Any] = {"token_sha256": hash_token(token), "created": f"{time.time():.0f}"}
     try:
-        if client.exists(device_key(args.name)) and not args.rotate:
-            raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token")
-        client.hset(device_key(args.name), mapping=fields)
+        token = register_device(client, args.name, rotate=args.rotate)
+    except DeviceExists:
+        raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token") from None
     except redis.RedisError as exc:
         raise UserError(f"cannot reach Redis at {args.redis}: {exc}") from None
     finally:
@@ -150,8 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.add_argument("--pubkey", help="operator public key (default keys/operator.pub)")
     v.set_defaults(func=_cmd_model_verify)
-
-    from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
 
     add_fleet_commands(sub, model)
 

@@ -9,7 +9,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fleetctl.fleet.mqtt_io import QOS, BrokerSettings, connect
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import MQTTMessage
+
+    from shared.mqtt import Client
 
 
 class Console:
@@ -130,14 +137,12 @@ class EventTail(threading.Thread):
 class MqttWatch:
     """An operator's view of the broker: every device's acks and state (fleet-operator reads `fleet/#`)."""
 
-    def __init__(self, settings: Any, fleet: str, record: Record, console: Console) -> None:
-        from fleetctl.fleet.mqtt_io import QOS, connect
-
+    def __init__(self, settings: BrokerSettings, fleet: str, record: Record, console: Console) -> None:
         self.record, self.console = record, console
         subs = [(f"fleet/{fleet}/devices/+/{leaf}", QOS) for leaf in ("ack", "state", "results")]
         self.client = connect(settings, f"demo-watch-{time.monotonic_ns()}", self._on_message, subs)
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         # Runs on paho's network thread: parse and record only, nothing that blocks.
         try:
             body = json.loads(msg.payload)

@@ -1,24 +1,16 @@
-"""Audio front end: decode a file to 16 kHz mono float32 and compute Whisper's log-mel spectrogram in numpy.
+"""Audio DSP, pure: resampling, pad/trim and Whisper's log-mel spectrogram in numpy (soxr resamples).
 
 The log-mel follows `whisper.audio.log_mel_spectrogram` step by step (periodic Hann window, centred STFT with
 reflect padding, power spectrum without the last frame, mel filter bank, log10, an 8-decade floor below the
-peak,
-then (x + 4) / 4), so an edge node computes the same features the model was trained on, without torch.
-No torch; ffmpeg is used only for formats libsndfile cannot read.
+peak, then (x + 4) / 4), so an edge node computes the same features the model was trained on, without torch.
+No torch, no files, no programs: decoding a file and reading the mel filter bank are `shared.audio_files`.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 
 from shared.errors import UserError
-
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -27,61 +19,6 @@ CHUNK_LENGTH = 30  # seconds: Whisper's window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
-# Above this an input is refused rather than decoded into memory (about 1.5 GB of float32 at 16 kHz).
-MAX_DURATION_S = 6 * 3600.0
-# libsndfile reads these itself; anything else goes through ffmpeg.
-_SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au"}
-
-
-def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode `path` to mono float32 at `sr` Hz. Raise UserError naming the file when it cannot be used."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if not path.is_file():
-        raise UserError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty file")
-    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
-        audio, native_sr = _read_soundfile(path)
-        audio = resample(audio, native_sr, sr)
-    else:
-        audio = _read_ffmpeg(path, sr)
-    if audio.size == 0:
-        raise UserError(f"{path}: no audio samples (empty or truncated file)")
-    if not np.all(np.isfinite(audio)):
-        raise UserError(f"{path}: audio contains NaN or infinite samples")
-    return audio
-
-
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    import soundfile
-
-    try:
-        info = soundfile.info(str(path))
-        if info.frames / max(info.samplerate, 1) > MAX_DURATION_S:
-            raise UserError(f"{path}: {info.frames / info.samplerate:.0f} s of audio is over the limit")
-        data, native_sr = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.SoundFileError) as exc:  # LibsndfileError is a RuntimeError
-        raise UserError(f"{path}: cannot decode audio ({_first_line(exc)})") from None
-    return data.mean(axis=1, dtype=np.float32), int(native_sr)
-
-
-def _read_ffmpeg(path: Path, sr: int) -> np.ndarray:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise UserError(f"{path}: format needs ffmpeg, which is not installed (use WAV, FLAC or OGG)")
-    # ffmpeg resamples here itself (as openai-whisper's loader does): a second resampler would only add error.
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sr), "-"]
-    proc = subprocess.run(cmd, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise UserError(f"{path}: cannot decode audio ({_first_line(proc.stderr.decode(errors='replace'))})")
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
-
-
-def _first_line(exc: object) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def resample(audio: np.ndarray, from_sr: int, to_sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -133,20 +70,5 @@ def log_mel_spectrogram(audio: np.ndarray, filters: np.ndarray, padding: int = 0
     mel = filters.astype(np.float32) @ power.T
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
-
-
-def load_mel_filters(path: str | Path) -> np.ndarray:
-    """Load the artifact's mel filter bank, checking its shape."""
-    path = Path(path)
-    try:
-        filters = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing mel filters") from None
-    except ValueError as exc:
-        raise UserError(f"{path}: not a numpy array file ({exc})") from None
-    if filters.ndim != 2 or filters.shape[1] != N_FFT // 2 + 1:
-        raise UserError(
-            f"{path}: mel filters have shape {filters.shape}, expected [n_mels, {N_FFT // 2 + 1}]"
-        )
-    return filters.astype(np.float32)
+    out: np.ndarray = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return out

@@ -13,6 +13,9 @@ wildcards or extra levels)::
 
 Desired-state messages (config and model) are signed by the operator key (see `signed_bytes`): the device
 trusts the operator, not the broker. Every payload has `schema`; an unknown schema or field is rejected.
+
+No clock here: the timestamps (`issued_at`, `last_seen`, `at`, unix seconds) are the sender's, passed in by
+whoever builds the message (the operator's rollout, the device's agent and reconciler).
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ import base64
 import binascii
 import json
 import re
-import time
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -171,7 +173,9 @@ class _Signed(_Strict):
     fleet: str = Field(pattern=NAME_PATTERN)
     device: str | None = Field(default=None, pattern=NAME_PATTERN)  # None: the fleet-wide message
     version: int = Field(ge=1, description="monotonic per fleet; a lower one than applied is stale")
-    issued_at: float = Field(default_factory=time.time)
+    # The operator's clock when the message was made (the publisher passes it). Every published message carries
+    # it; a payload without one parses as 0.0, so that a malformed message is NACKed for its actual fault.
+    issued_at: float = 0.0
     signature: str | None = None  # base64 Ed25519 over signed_bytes()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -188,7 +192,7 @@ class _Signed(_Strict):
         doc = self.model_dump(mode="json", by_alias=True, exclude={"signature"})
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
-    def signed(self, key: Ed25519PrivateKey) -> Any:
+    def signed(self, key: Ed25519PrivateKey) -> Self:
         sig = base64.b64encode(signing.sign(key, self.signed_bytes())).decode()
         return self.model_copy(update={"signature": sig})
 
@@ -236,7 +240,7 @@ class DeviceState(_Strict):
     model_version: str | None = None
     model_seq: int = 0
     counters: dict[str, float] = Field(default_factory=dict)
-    last_seen: float = Field(default_factory=time.time)
+    last_seen: float  # the device's clock when it sent this state
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -258,7 +262,7 @@ class Ack(_Strict):
     accepted: bool
     reason: str = Field(default="", max_length=1000)
     model_version: str | None = None
-    at: float = Field(default_factory=time.time)
+    at: float  # the device's clock when it made the ack
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -28,7 +28,8 @@ def encode(audio: np.ndarray, encoding: WireEncoding, sample_rate: int = SAMPLE_
         raise ValueError("encode expects mono audio")
     clipped = np.clip(audio, -1.0, 1.0)
     if encoding is WireEncoding.PCM16:
-        return (clipped * 32767.0).astype("<i2").tobytes()
+        pcm: bytes = (clipped * 32767.0).astype("<i2").tobytes()
+        return pcm
     buf = io.BytesIO()
     if encoding is WireEncoding.FLAC:
         sf.write(buf, clipped, sample_rate, format="FLAC", subtype="PCM_16")

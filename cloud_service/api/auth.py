@@ -1,39 +1,27 @@
 """Device authentication: per-device bearer tokens, stored only as sha256 hashes, checked in an interceptor.
 
 A token reads `DEVICE_ID.SECRET`, so the server knows which registry entry to compare against; the secret is
-32 random bytes (URL-safe base64), so a plain sha256 of the whole token is safe to store.
+32 random bytes (URL-safe base64), so a plain sha256 of the whole token is safe to store. Tokens are minted and
+hashed by the registry's owner, `cloud_service.jobs.store` (`register_device`, `hash_token`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from cloud_service.jobs.store import Store
+from cloud_service.jobs.store import Store, hash_token
 
 log = logging.getLogger(__name__)
 
-TOKEN_BYTES = 32
 CACHE_TTL_S = 30.0  # how long a looked-up hash is trusted without asking Redis (longer while Redis is down)
 # Methods anyone may call: health checks (load balancers) and reflection (tooling).
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-def new_token(device_id: str) -> str:
-    if not device_id or any(c.isspace() for c in device_id):
-        raise ValueError(f"bad device id {device_id!r}: it must be non-empty, without spaces")
-    return f"{device_id}.{secrets.token_urlsafe(TOKEN_BYTES)}"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def token_device(token: str) -> str | None:

@@ -1,14 +1,22 @@
 """Redis state of the cloud service: results by segment_id, the device registry, rate limits, counters, the
 job stream. Redis is optional at run time: when it goes away every call degrades (no dedup, cached auth),
 the outage is logged once, and calls try Redis again every `retry_s` until it answers.
+
+The device registry has one writer, `register_device` (behind `fleetctl device add`, and used directly by the
+harness, benches and the demo): a token reads `DEVICE_ID.SECRET` and Redis keeps only its sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,45 @@ def device_key(device_id: str) -> str:
 
 def rate_key(device_id: str, window: int) -> str:
     return f"asr:rate:{device_id}:{window}"
+
+
+# ---------------------------------------------------------------------------------------------- device registry
+
+TOKEN_BYTES = 32  # the secret: 32 random bytes (URL-safe base64), so a plain sha256 of the token is safe to store
+
+
+class DeviceExists(ValueError):
+    """The device is registered already and the caller did not ask to rotate its token."""
+
+
+def check_device_id(device_id: str) -> str:
+    """The id itself; ValueError when it cannot name a device (empty, or with spaces)."""
+    if not device_id or any(c.isspace() for c in device_id):
+        raise ValueError(f"bad device id {device_id!r}: it must be non-empty, without spaces")
+    return device_id
+
+
+def new_token(device_id: str) -> str:
+    return f"{check_device_id(device_id)}.{secrets.token_urlsafe(TOKEN_BYTES)}"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def register_device(client: redis.Redis, device_id: str, rotate: bool = False) -> str:
+    """Register `device_id` in the registry and return its new bearer token: the only time anyone sees it,
+    since Redis keeps just the token's sha256 (and when it was made).
+
+    ValueError for a bad id; DeviceExists when the device has a token already and `rotate` is false;
+    redis.RedisError when Redis does not answer. `client` is a synchronous redis.Redis.
+    """
+    token = new_token(device_id)
+    key = device_key(device_id)
+    if client.exists(key) and not rotate:
+        raise DeviceExists(f"device {device_id!r} is registered already")
+    client.hset(key, mapping={"token_sha256": hash_token(token), "created": f"{time.time():.0f}"})
+    return token
 
 
 def connect(url: str) -> Any:

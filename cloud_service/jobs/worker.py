@@ -10,6 +10,7 @@ publish and the "published" mark may publish twice, never zero times; subscriber
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.model import AsrModel
 from cloud_service.config import CloudConfig
 from cloud_service.jobs.store import STATS_KEY, published_key, result_key
+from proto.asr.v1 import asr_pb2
+from shared.errors import UserError
+from shared.mqtt import MqttSettings, make_client, start_async
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +41,20 @@ class Job:
     fields: dict[bytes, bytes]
 
 
+def mqtt_settings(config: CloudConfig) -> MqttSettings | None:
+    """Where the worker publishes results (None: no broker configured, results only in Redis)."""
+    if not config.mqtt_host:
+        return None
+    return MqttSettings(host=config.mqtt_host, port=config.mqtt_port, client_id=f"asr-{config.consumer}",
+                        username=config.mqtt_user, password=config.mqtt_password, tls_ca=config.mqtt_tls_ca)
+
+
 class MqttPublisher:
-    """A paho-mqtt 2.x client on its own network thread; `publish` waits for the QoS 1 acknowledgement."""
+    """A paho-mqtt 2.x client (shared.mqtt) on its own network thread; `publish` waits for the QoS 1 ack."""
 
-    def __init__(
-        self, host: str, port: int, client_id: str, user: str | None = None, password: str | None = None
-    ) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        if user:
-            self.client.username_pw_set(user, password)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
+    def __init__(self, settings: MqttSettings) -> None:
+        self.client = make_client(settings)
+        start_async(self.client, settings)
 
     def publish(self, topic: str, payload: str) -> None:
         info = self.client.publish(topic, payload, qos=1)
@@ -142,9 +146,9 @@ class StreamWorker:
             resp = to_response(req, res, self.asr, queue_ms, queue_ms + res.inference_ms)
             self._finish(job, req, resp.SerializeToString(), None)
 
-    def _finish(self, job: Job, req: Any, data: bytes | None, existing: bytes | None) -> None:
-        from proto.asr.v1 import asr_pb2
-
+    def _finish(
+        self, job: Job, req: asr_pb2.TranscribeRequest, data: bytes | None, existing: bytes | None
+    ) -> None:
         if data is not None:
             if self.redis.set(result_key(req.segment_id), data, nx=True, ex=self.config.result_ttl_s):
                 self.redis.hincrby(STATS_KEY, "jobs_completed", 1)
@@ -201,22 +205,14 @@ def _s(value: Any) -> str:
 
 
 def run_worker(config: CloudConfig) -> None:
-    import signal
-
     import redis
-
-    from shared.errors import UserError
 
     if not config.redis_url:
         raise UserError("the worker needs --redis URL (the job stream lives there)")
     asr = AsrModel.from_config(config)
     client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
-    publisher = (
-        MqttPublisher(config.mqtt_host, config.mqtt_port, f"asr-{config.consumer}", config.mqtt_user,
-                      config.mqtt_password)
-        if config.mqtt_host
-        else None
-    )
+    settings = mqtt_settings(config)
+    publisher = MqttPublisher(settings) if settings is not None else None
     worker = StreamWorker(config, asr, client, publisher)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())

@@ -1,5 +1,8 @@
 """The edge's gRPC client for the cloud's EscalationService: TLS, a bearer token, a deadline per call.
 
+`open_channel` and `call_metadata` are the edge's one way to reach the cloud over gRPC: the EscalationClient
+and the model updater's FetchModel downloads both use them.
+
 One attempt per call: retries are scheduled by the outbox sender with backoff and a circuit breaker, so a request
 waiting for a retry is on disk, not in memory.
 """
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import UserError
+from shared.fsutil import read_secret
 from shared.wire_audio import SAMPLE_RATE, WireEncoding, encode
 
 if TYPE_CHECKING:
@@ -31,18 +35,18 @@ RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
 class CloudClientConfig:
     target: str  # host:port
     device_id: str
-    token: str = field(repr=False)  # never printed
+    token: str = field(repr=False)  # never printed; "" sends no authorization metadata
     tls_ca: Path | None = None  # TLS when set (or when tls_cert is set)
     tls_cert: Path | None = None  # client certificate for mTLS
     tls_key: Path | None = None
     timeout_s: float = 30.0
 
 
+CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20))
+
+
 def read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise UserError(f"cannot read token file {path}: {exc.strerror}") from None
+    token = read_secret(path, "token file")
     if not token:
         raise UserError(f"token file {path} is empty")
     return token
@@ -54,6 +58,28 @@ def audio_message(samples: np.ndarray, encoding: WireEncoding) -> asr_pb2.Audio:
 
     return asr_pb2.Audio(encoding=encoding.name, sample_rate=SAMPLE_RATE,
                          data=encode(samples, encoding))
+
+
+def open_channel(target: str, config: CloudClientConfig | None = None) -> grpc.Channel:
+    """A channel to `target` secured as `config` says: TLS when it names a CA or a client certificate (mTLS
+    with the certificate and key), keepalive and message-size options always; None: plaintext (labs, tests)."""
+    import grpc as g
+
+    options = list(CHANNEL_OPTIONS)
+    if config is not None and (config.tls_ca or config.tls_cert):
+        def read(p: Path | None) -> bytes | None:
+            return p.read_bytes() if p else None
+
+        creds = g.ssl_channel_credentials(read(config.tls_ca), read(config.tls_key), read(config.tls_cert))
+        return g.secure_channel(target, creds, options=options)
+    return g.insecure_channel(target, options=options)
+
+
+def call_metadata(config: CloudClientConfig | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: the device's bearer token, when one is configured."""
+    if config is None or not config.token:
+        return ()
+    return (("authorization", f"Bearer {config.token}"),)
 
 
 class CloudError(Exception):
@@ -68,22 +94,9 @@ class EscalationClient:
         from proto.asr.v1 import asr_pb2_grpc
 
         self._config = config
-        self._channel = self._open_channel(config)
+        self._channel = open_channel(config.target, config)
         self._stub = asr_pb2_grpc.EscalationServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {config.token}"),)
-
-    @staticmethod
-    def _open_channel(config: CloudClientConfig) -> grpc.Channel:
-        import grpc as g
-
-        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20)]
-        if config.tls_ca or config.tls_cert:
-            def read(p: Path | None) -> bytes | None:
-                return p.read_bytes() if p else None
-
-            creds = g.ssl_channel_credentials(read(config.tls_ca), read(config.tls_key), read(config.tls_cert))
-            return g.secure_channel(config.target, creds, options=options)
-        return g.insecure_channel(config.target, options=options)
+        self._metadata = call_metadata(config)
 
     def transcribe(
         self, request: asr_pb2.TranscribeRequest, timeout_s: float | None = None

@@ -10,6 +10,9 @@ reason):
 3. `verify_artifact`: the manifest signature against the operator key, then every file's size and sha256.
 4. Move the staged directory into place, `ModelTarget.load_candidate`, `self_test`, `swap`; persist the
    reference in the state dir (atomic write) so the device boots on it offline.
+
+The downloads go over `cloud_client.open_channel` with the device's `CloudClientConfig` (TLS, bearer token): the
+channel the escalations use. Without one (a lab server, a test stand-in) the channel is plaintext, with no token.
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_node.adapters.mqtt_agent import atomic_write
+from edge_node.adapters.cloud_client import CloudClientConfig, call_metadata, open_channel
 from shared.errors import UserError, VerificationError
 from shared.fleet_schema import DesiredModel, parse_payload
+from shared.fsutil import atomic_write
 from shared.manifest import MANIFEST_NAME, SIGNATURE_NAME, read_manifest, verify_artifact
+
+if TYPE_CHECKING:
+    from proto.asr.v1.asr_pb2_grpc import EscalationServiceStub
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ class ModelTarget(Protocol):
 class UpdaterConfig:
     models_dir: Path
     state_dir: Path
-    grpc_target: str  # default FetchModel server, host:port
+    grpc_target: str  # default FetchModel server, host:port (a desired-model message may name another)
     call_timeout_s: float = 120.0
     attempts: int = 4  # per file, resuming each time
     backoff_s: float = 0.5
@@ -67,8 +74,12 @@ class UpdaterConfig:
 class ModelUpdater:
     """Installs models; `installed` is the desired-model message of the model now serving."""
 
-    def __init__(self, config: UpdaterConfig, target: ModelTarget, pubkey: Ed25519PublicKey) -> None:
+    def __init__(self, config: UpdaterConfig, target: ModelTarget, pubkey: Ed25519PublicKey,
+                 cloud: CloudClientConfig | None = None) -> None:
+        """`cloud`: TLS and the bearer token for FetchModel (its own target is not used: `grpc_target` and the
+        message's say where to fetch from); None: a plaintext channel without a token."""
         self.config = config
+        self._cloud = cloud
         self._target = target
         self._pubkey = pubkey
         self._lock = threading.Lock()
@@ -154,12 +165,10 @@ class ModelUpdater:
     # ------------------------------------------------------------------ download
 
     def _download(self, desired: DesiredModel, staging: Path) -> None:
-        import grpc
-
-        from proto.asr.v1 import asr_pb2_grpc
+        from proto.asr.v1 import asr_pb2_grpc  # grpc: lazy, as everywhere on the edge
 
         target = desired.fetch.grpc_target or self.config.grpc_target
-        with grpc.insecure_channel(target) as channel:
+        with open_channel(target, self._cloud) as channel:
             stub = asr_pb2_grpc.EscalationServiceStub(channel)
             name, version = desired.fetch.name, desired.fetch.version
             manifest_path = staging / MANIFEST_NAME
@@ -183,7 +192,7 @@ class ModelUpdater:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self._fetch_file(stub, name, version, rel, dest, expected_size=int(info["size"]))
 
-    def _fetch_file(self, stub: Any, name: str, version: str, rel: str, dest: Path,
+    def _fetch_file(self, stub: EscalationServiceStub, name: str, version: str, rel: str, dest: Path,
                     expected_size: int | None) -> None:
         import grpc
 
@@ -199,7 +208,8 @@ class ModelUpdater:
             try:
                 request = asr_pb2.ModelRequest(name=name, version=version, file=rel, offset=offset)
                 with dest.open("ab") as f:
-                    for chunk in stub.FetchModel(request, timeout=self.config.call_timeout_s):
+                    for chunk in stub.FetchModel(request, timeout=self.config.call_timeout_s,
+                                                 metadata=call_metadata(self._cloud)):
                         if chunk.file and chunk.file != rel:
                             raise VerificationError(f"server sent {chunk.file!r} for {rel!r}")
                         if chunk.offset != f.tell():

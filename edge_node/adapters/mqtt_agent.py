@@ -4,25 +4,22 @@ Threads: paho's network thread only validates the topic and enqueues (never bloc
 reconciles messages, applies parameters to the engine and persists them; one model thread runs the (slow)
 downloads and swaps, so a model rollout never delays a parameter change. Subscriptions are made in
 `on_connect`, so every reconnect restores them and the broker redelivers the retained desired state.
+The client comes from `shared.mqtt.make_client`; `edge-node agent` (edge_node/cli/agent.py) runs the agent alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import queue
-import signal
-import ssl
-import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_node.core.desired_state import ParamsBox, ParamsTarget, Reconciler
+from edge_node.core.desired_state import ParamsTarget, Reconciler
 from shared.errors import UserError
 from shared.fleet_schema import (
     Ack,
@@ -37,7 +34,14 @@ from shared.fleet_schema import (
     state_topic,
 )
 from shared.fleet_schema import ack_topic as ack_topic_of
+from shared.fsutil import atomic_write
+from shared.mqtt import Client, MqttSettings, Will, make_client, set_will, start_async
 from shared.signing import load_public_key
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import ConnectFlags, DisconnectFlags, MQTTMessage
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,13 @@ class AgentConfig:
         check_name(self.fleet, "fleet")
         check_name(self.device_id, "device id")
 
+    def mqtt_settings(self) -> MqttSettings:
+        return MqttSettings(
+            host=self.host, port=self.port, client_id=f"dev-{self.fleet}-{self.device_id}", username=self.username,
+            password=self.password, tls_ca=self.tls_ca, keepalive_s=self.keepalive_s,
+            reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s,
+        )
+
 
 class ModelInstaller(Protocol):
     """What the agent needs from the model updater (edge_node.adapters.model_update.ModelUpdater implements it)."""
@@ -76,17 +87,6 @@ class ModelInstaller(Protocol):
 
     @property
     def installed(self) -> DesiredModel | None: ...
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename, fsynced: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class DeviceAgent:
@@ -102,7 +102,7 @@ class DeviceAgent:
         self._models = models
         self._counters = counters or (lambda: {})
         pubkey = load_public_key(config.operator_pubkey) if config.operator_pubkey else None
-        self.rec = Reconciler(config.fleet, config.device_id, pubkey, config.require_signed)
+        self.rec = Reconciler(config.fleet, config.device_id, pubkey, config.require_signed, clock=time.time)
         self._inbox: queue.Queue[tuple[str, bool, bytes] | None] = queue.Queue()
         self._model_wanted = threading.Event()
         self._stopping = threading.Event()
@@ -112,29 +112,17 @@ class DeviceAgent:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _make_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-
-        c = self.config
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"dev-{c.fleet}-{c.device_id}",
-            protocol=mqtt.MQTTv311, clean_session=True,
-        )
-        if c.username:
-            client.username_pw_set(c.username, c.password)
-        if c.tls_ca:
-            client.tls_set(ca_certs=str(c.tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.reconnect_delay_set(c.reconnect_min_s, c.reconnect_max_s)
+    def _make_client(self) -> Client:
+        client = make_client(self.config.mqtt_settings(), will=self._will())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        self._set_will(client)
         return client
 
-    def _set_will(self, client: Any) -> None:
+    def _will(self) -> Will:
         # The broker publishes this (retained) if we vanish without a clean disconnect.
-        client.will_set(state_topic(self.config.fleet, self.config.device_id),
-                        self._state(online=False).to_json(), qos=QOS, retain=True)
+        return Will(state_topic(self.config.fleet, self.config.device_id), self._state(online=False).to_json(),
+                    qos=QOS, retain=True)
 
     def boot(self) -> None:
         """Restore the last good config and model from disk: the device works without a broker."""
@@ -162,8 +150,7 @@ class DeviceAgent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
-        self._client.loop_start()
+        start_async(self._client, self.config.mqtt_settings())
 
     def stop(self) -> None:
         """Clean shutdown: state goes offline (retained) and the will is not fired."""
@@ -190,7 +177,8 @@ class DeviceAgent:
 
     # ------------------------------------------------------------------ network thread: never blocks
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
@@ -203,14 +191,13 @@ class DeviceAgent:
         self._inbox.put(("state", False, b""))  # publish online state from the worker
         log.info("connected to %s:%d", c.host, c.port)
 
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
+    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags, reason_code: ReasonCode,
+                       properties: Properties | None) -> None:
         self._connected.clear()
         if not self._stopping.is_set():
             log.warning("disconnected (%s); paho reconnects with backoff", reason_code)
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, client: Client, userdata: Any, msg: MQTTMessage) -> None:
         info = parse_topic(msg.topic)
         if info is None or info.leaf not in ("config", "model"):
             return
@@ -312,72 +299,16 @@ class DeviceAgent:
             "model_name": installed.name if installed else None,
             "model_version": installed.model_version if installed else None,
             "model_seq": installed.version if installed else 0,
-            "counters": dict(self._counters()),
+            "counters": dict(self._counters()), "last_seen": time.time(),
         })
 
     def _publish_state(self) -> None:
         if self._stopping.is_set():
             return
-        self._set_will(self._client)  # the will carries the latest versions too
+        set_will(self._client, self._will())  # the will carries the latest versions too
         self._client.publish(state_topic(self.config.fleet, self.config.device_id),
                              self._state(online=True).to_json(), qos=QOS, retain=True)
 
     def _publish_ack(self, ack: Ack) -> None:
         # QoS 1: paho keeps it queued across a reconnect.
         self._client.publish(ack_topic_of(self.config.fleet, self.config.device_id), ack.to_json(), qos=QOS)
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edge_node.adapters.mqtt_agent",
-                                description="The control-plane agent alone: parameters into a ParamsBox")
-    p.add_argument("--fleet", required=True)
-    p.add_argument("--device", required=True)
-    p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT")
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--pubkey", help="operator public key (PEM)")
-    p.add_argument("--keepalive", type=int, default=30)
-    p.add_argument("--tls-ca")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from shared.cli import run_cli, setup_logging
-
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> int:
-        host, _, port = args.broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise UserError(f"--broker {args.broker!r}: expected HOST:PORT")
-        password = None
-        if os.environ.get("FLEET_MQTT_PASSWORD_FILE"):
-            password = Path(os.environ["FLEET_MQTT_PASSWORD_FILE"]).read_text().strip()
-        config = AgentConfig(
-            fleet=args.fleet, device_id=args.device, state_dir=Path(args.state_dir), host=host,
-            port=int(port), username=os.environ.get("FLEET_MQTT_USERNAME"),
-            password=password or os.environ.get("FLEET_MQTT_PASSWORD"),
-            operator_pubkey=Path(args.pubkey) if args.pubkey else None,
-            require_signed=args.pubkey is not None,
-            keepalive_s=args.keepalive, tls_ca=Path(args.tls_ca) if args.tls_ca else None,
-        )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        agent = DeviceAgent(config, ParamsBox())
-        agent.start()
-        print("agent started", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        agent.stop()
-        return 0
-
-    return run_cli(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,9 +15,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleetctl.fleet.controller import install_stop_handler, run_controller
 from fleetctl.fleet.mqtt_io import BrokerSettings, collect_retained, read_password
+from fleetctl.fleet.rollout import (
+    Rollout,
+    RolloutPolicy,
+    desired_from_artifact,
+    manual_rollback,
+    parse_assignments,
+    publish_config,
+    rollback_config,
+)
+from fleetctl.fleet.store import FleetStore, connect_redis
 from shared.errors import UserError
 from shared.fleet_schema import DeviceState, all_states_topic, check_name, parse_payload, parse_topic
+from shared.net import parse_host_port
+from shared.signing import load_private_key
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -38,7 +53,7 @@ def _signing(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> BrokerSettings:
-    host, port = BrokerSettings.parse_address(args.broker)
+    host, port = parse_host_port(args.broker, what="--broker")
     if args.fleet != "+":
         check_name(args.fleet, "fleet")
     return BrokerSettings(host=host, port=port, username=args.mqtt_user,
@@ -46,15 +61,11 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
                           tls_ca=Path(args.tls_ca) if args.tls_ca else None)
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from fleetctl.fleet.store import FleetStore, connect_redis
-
+def _store(args: argparse.Namespace) -> FleetStore:
     return FleetStore(connect_redis(args.redis), args.fleet)
 
 
-def _key(args: argparse.Namespace) -> Any:
-    from shared.signing import load_private_key
-
+def _key(args: argparse.Namespace) -> Ed25519PrivateKey:
     path = args.key or os.environ.get("FLEET_OPERATOR_KEY_FILE") or "keys/operator.key"
     return load_private_key(Path(path))
 
@@ -74,8 +85,6 @@ def _share(value: str) -> float:
 
 
 def cmd_config_set(args: argparse.Namespace) -> int:
-    from fleetctl.fleet.rollout import parse_assignments, publish_config
-
     updates = parse_assignments(args.assignments)
     msg = publish_config(settings_from(args), _store(args), _key(args), updates, args.device)
     scope = f"device {args.device}" if args.device else f"fleet {args.fleet}"
@@ -85,8 +94,6 @@ def cmd_config_set(args: argparse.Namespace) -> int:
 
 
 def cmd_model_publish(args: argparse.Namespace) -> int:
-    from fleetctl.fleet.rollout import Rollout, RolloutPolicy, desired_from_artifact
-
     if args.then not in ("all", "none"):
         raise UserError(f"--then {args.then!r}: expected 'all' or 'none'")
     key = _key(args)
@@ -112,8 +119,6 @@ def _report_rollout(rec: dict[str, Any], what: str) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from fleetctl.fleet.rollout import RolloutPolicy, manual_rollback, rollback_config
-
     if args.config:
         msg = rollback_config(settings_from(args), _store(args), _key(args))
         print(f"fleet {args.fleet}: config rolled back, republished as v{msg.version}")
@@ -125,7 +130,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_rows(settings: BrokerSettings, fleet: str, store: Any | None) -> list[dict[str, Any]]:
+def status_rows(settings: BrokerSettings, fleet: str, store: FleetStore | None) -> list[dict[str, Any]]:
     """One row per device: retained state from the broker, merged with what Redis recorded."""
     rows: dict[str, dict[str, Any]] = {}
     if store is not None:
@@ -184,9 +189,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    from fleetctl.fleet.controller import install_stop_handler, run_controller
-    from fleetctl.fleet.store import connect_redis
-
     stop = threading.Event()
     install_stop_handler(stop)
     run_controller(settings_from(args), connect_redis(args.redis), args.fleet, stop)

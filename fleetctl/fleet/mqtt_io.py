@@ -1,18 +1,27 @@
-"""Operator-side MQTT plumbing: connection settings, a connected paho client, retained-state collection."""
+"""Operator-side MQTT plumbing: connection settings, a connected paho client, retained-state collection.
+
+The client itself comes from `shared.mqtt.make_client` (the one factory); this module adds what the operator
+needs on top: a blocking connect that fails fast with a UserError, and reading the retained state.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import UserError
+from shared.fsutil import read_secret
+from shared.mqtt import Client, MqttSettings, make_client
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import CallbackOnMessage, ConnectFlags, MQTTMessage
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -20,20 +29,10 @@ QOS = 1
 
 
 @dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: Path | None = None
-    connect_timeout_s: float = 10.0
+class BrokerSettings(MqttSettings):
+    """The shared MQTT settings, plus how long the operator's blocking connect waits for the broker."""
 
-    @staticmethod
-    def parse_address(value: str) -> tuple[str, int]:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"--broker {value!r}: expected HOST:PORT")
-        return host, int(port)
+    connect_timeout_s: float = 10.0
 
 
 def read_password(env: str = "FLEET_MQTT_PASSWORD", file_env: str = "FLEET_MQTT_PASSWORD_FILE",
@@ -41,28 +40,19 @@ def read_password(env: str = "FLEET_MQTT_PASSWORD", file_env: str = "FLEET_MQTT_
     """The MQTT password from a file (preferred) or an environment variable; never from the command line."""
     path = file or os.environ.get(file_env)
     if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise UserError(f"cannot read the MQTT password file {path}: {exc.strerror}") from None
+        return read_secret(path, "the MQTT password file")
     return os.environ.get(env)
 
 
-def connect(settings: BrokerSettings, client_id: str, on_message: Any = None,
-            subscriptions: list[tuple[str, int]] | None = None) -> Any:
+def connect(settings: BrokerSettings, client_id: str, on_message: CallbackOnMessage | None = None,
+            subscriptions: list[tuple[str, int]] | None = None) -> Client:
     """A connected client with its network loop running; subscriptions are (re)made in on_connect."""
-    import paho.mqtt.client as mqtt
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.tls_ca:
-        client.tls_set(ca_certs=str(settings.tls_ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    client.reconnect_delay_set(1, 10)
+    client = make_client(replace(settings, client_id=client_id))
     connected = threading.Event()
     refused: list[str] = []
 
-    def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    def on_connect(c: Client, userdata: Any, flags: ConnectFlags, rc: ReasonCode,
+                   props: Properties | None) -> None:
         if rc.is_failure:
             refused.append(str(rc))
             connected.set()
@@ -75,7 +65,7 @@ def connect(settings: BrokerSettings, client_id: str, on_message: Any = None,
     if on_message is not None:
         client.on_message = on_message
     try:
-        client.connect(settings.host, settings.port, keepalive=30)
+        client.connect(settings.host, settings.port, keepalive=settings.keepalive_s)
     except OSError as exc:
         raise UserError(f"cannot reach the MQTT broker at {settings.host}:{settings.port}: {exc}") from None
     client.loop_start()
@@ -86,7 +76,7 @@ def connect(settings: BrokerSettings, client_id: str, on_message: Any = None,
     return client
 
 
-def publish(client: Any, topic: str, payload: bytes, retain: bool, timeout: float = 10.0) -> None:
+def publish(client: Client, topic: str, payload: bytes, retain: bool, timeout: float = 10.0) -> None:
     info = client.publish(topic, payload, qos=QOS, retain=retain)
     info.wait_for_publish(timeout)
     if not info.is_published():
@@ -98,7 +88,7 @@ def collect_retained(settings: BrokerSettings, topic_filter: str, quiet_s: float
     """Every retained message under a filter: subscribe, read until the broker has been quiet for a moment."""
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
 
-    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+    def on_message(c: Client, userdata: Any, msg: MQTTMessage) -> None:
         if msg.retain:
             inbox.put((msg.topic, bytes(msg.payload)))
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
-from fleetctl.fleet.controller import Watcher
 from fleetctl.fleet.mqtt_io import BrokerSettings, collect_retained, connect, publish
 from fleetctl.fleet.store import FleetStore
+from fleetctl.fleet.watcher import Watcher
 from shared.errors import UserError
 from shared.fleet_schema import (
     Ack,
@@ -45,6 +46,7 @@ from shared.fleet_schema import (
     parse_payload,
 )
 from shared.manifest import SIGNATURE_NAME, verify_artifact
+from shared.mqtt import Client
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,6 @@ def apply_updates(base: ConfigParams, updates: dict[str, Any]) -> ConfigParams:
                 dst[k] = v
 
     merge(doc, updates, "")
-    from pydantic import ValidationError
-
     try:
         return ConfigParams.model_validate(doc)
     except ValidationError as exc:
@@ -127,7 +127,8 @@ def publish_config(settings: BrokerSettings, store: FleetStore, key: Ed25519Priv
 
 def _publish_config_params(settings: BrokerSettings, store: FleetStore, key: Ed25519PrivateKey,
                            params: ConfigParams, device: str | None) -> DesiredConfig:
-    msg = DesiredConfig(fleet=store.fleet, device=device, version=store.next_version(), params=params)
+    msg = DesiredConfig(fleet=store.fleet, device=device, version=store.next_version(), params=params,
+                        issued_at=time.time())
     msg = msg.signed(key)
     topic = device_config_topic(store.fleet, device) if device else fleet_config_topic(store.fleet)
     client = connect(settings, f"fleetctl-config-{time.monotonic_ns() % 10**9}")
@@ -161,6 +162,7 @@ def desired_from_artifact(directory: Path, key: Ed25519PrivateKey, fleet: str,
         fleet=fleet, version=1, name=manifest.name, model_version=manifest.version,
         manifest_sha256=manifest.sha256, size=manifest.total_bytes, manifest_signature=sig,
         fetch=FetchInfo(grpc_target=grpc_target, name=manifest.name, version=manifest.version),
+        issued_at=time.time(),
     )
 
 
@@ -189,7 +191,7 @@ class Rollout:
         self.settings, self.store, self.key, self.policy = settings, store, key, policy
         self.record: dict[str, Any] = {}
 
-    def _publish_model(self, client: Any, template: DesiredModel | None, device: str | None) -> int | None:
+    def _publish_model(self, client: Client, template: DesiredModel | None, device: str | None) -> int | None:
         fleet = self.store.fleet
         topic = device_model_topic(fleet, device) if device else fleet_model_topic(fleet)
         if template is None:
@@ -294,7 +296,7 @@ class Rollout:
                 return None
         return None
 
-    def _rollback(self, client: Any, watcher: Watcher, res: PhaseResult, previous: DesiredModel | None,
+    def _rollback(self, client: Client, watcher: Watcher, res: PhaseResult, previous: DesiredModel | None,
                   canary: list[str], fleet_wide: bool) -> dict[str, Any]:
         log.warning("halting rollout: %d of %d failed: %s", len(res.failed), len(res.targets),
                     "; ".join(f"{d}: {r}" for d, r in sorted(res.failed.items())[:5]))

@@ -25,6 +25,7 @@ from cloud_service.config import CloudConfig
 from cloud_service.jobs.store import STATS_KEY, result_key
 from cloud_service.jobs.worker import MqttPublisher, StreamWorker
 from proto.asr.v1 import asr_pb2
+from shared.mqtt import MqttSettings
 from testkit.servers import MosquittoServer, RedisServer, cloud_serve_cmd, free_port, wait_port
 from tests.integration.cloud_fixtures import (
     ROOT,
@@ -165,7 +166,7 @@ def test_worker_killed_mid_batch_is_reclaimed_and_finished_once(
     assert {p["consumer"] for p in pending} == {b"w1"} and len(pending) == 3
     assert not any(rds.exists(result_key(f"job-{i}")) for i in range(3)), "w1 finished before it was killed"
 
-    publisher = MqttPublisher("127.0.0.1", mosquitto_server.port, "asr-w2")
+    publisher = MqttPublisher(MqttSettings(port=mosquitto_server.port, client_id="asr-w2"))
     worker = StreamWorker(config, base_asr, rds, publisher)
     worker.ensure_group()
     time.sleep(0.6)  # past claim_min_idle_ms

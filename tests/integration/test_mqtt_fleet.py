@@ -31,8 +31,8 @@ from testkit.fleet import (
     OnnxTarget,
     build_artifact,
     serve_artifacts,
-    wait_until,
 )
+from testkit.wait import wait_until
 
 if TYPE_CHECKING:
     from tests.integration.mqtt_fixtures import FleetEnv
@@ -59,7 +59,7 @@ def test_device_killed_without_disconnect_shows_offline(fleet_env: FleetEnv, cap
     controller.start()
     listener = fleet_env.listen()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_node.adapters.mqtt_agent", "--fleet", FLEET, "--device", "dev9",
+        [sys.executable, "-m", "edge_node", "agent", "--fleet", FLEET, "--device", "dev9",
          "--broker", f"127.0.0.1:{fleet_env.broker.port}", "--state-dir", str(fleet_env.root / "dev9"),
          "--pubkey", str(fleet_env.keys.public_path), "--keepalive", "2"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
