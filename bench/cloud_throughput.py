@@ -23,9 +23,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
+import redis
 
+from cloud_service.jobs.store import register_device
 from evaluation import asterisk
+from proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from testkit.servers import RedisServer, cloud_serve_cmd, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16)
@@ -63,8 +68,6 @@ class Service:
     def __init__(
         self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int
     ) -> None:
-        from testkit.servers import cloud_serve_cmd, free_port
-
         self.port = free_port()
         cmd = cloud_serve_cmd(
             self.port,
@@ -86,8 +89,6 @@ class Service:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait(self) -> None:
-        from testkit.servers import wait_port
-
         wait_port(self.port, timeout=300)
 
     def stop(self) -> None:
@@ -98,10 +99,6 @@ class Service:
 async def _drive(
     port: int, token: str | None, clips: list[tuple[bytes, int]], concurrency: int, per_client: int, tag: str
 ) -> tuple[list[float], list[float], list[float], list[int], float]:
-    import grpc
-
-    from proto.asr.v1 import asr_pb2, asr_pb2_grpc
-
     metadata = [("authorization", f"Bearer {token}")] if token else []
     latencies: list[float] = []
     overheads: list[float] = []
@@ -138,14 +135,8 @@ async def _drive(
 def _token(redis_url: str | None) -> str | None:
     if not redis_url:
         return None
-    import redis
-
-    from cloud_service.api.auth import hash_token, new_token
-    from cloud_service.jobs.store import device_key
-
-    token = new_token("bench")
-    redis.Redis.from_url(redis_url).hset(device_key("bench"), mapping={"token_sha256": hash_token(token)})
-    return token
+    with redis.Redis.from_url(redis_url) as client:
+        return register_device(client, "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = None
         redis_url = None
         if not args.no_redis:
-            from testkit.servers import RedisServer
-
             redis_server = RedisServer(Path(tmp) / "redis")
             redis_server.start()
             redis_url = redis_server.url

@@ -3,7 +3,7 @@ WER.
 
     python -m bench.edge_accuracy [--n 100] [--threads N] [--json OUT]
 
-Both engines get the same 16 kHz samples (shared.audio.load_audio) and decode greedily without timestamps and
+Both engines get the same 16 kHz samples (shared.audio_files.load_audio) and decode greedily without timestamps and
 without temperature fallback. The edge runs its real pipeline (VAD, windows, reduced audio context with its 30
 s rescue) and, for comparison, with a full 30 s context. WER: openai-whisper's EnglishTextNormalizer on both
 sides, jiwer, corpus level. Goals: exact match >= 90 %, WER within 0.3 points of openai-whisper's.
@@ -20,7 +20,7 @@ from pathlib import Path
 from edge_node.engine.config import EdgeConfig
 from edge_node.engine.transcriber import EdgeTranscriber
 from evaluation import asterisk
-from shared import audio
+from shared import audio_files
 
 CACHE = Path("bench/out/edge_accuracy_reference.json")
 # Reduced-audio-context policies compared (AudioContextPolicy fields); "full" is Whisper's 30 s.
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     prompts = asterisk.prompts("en", min_words=4)[: args.n]
-    samples = [audio.load_audio(p.wav) for p in prompts]
+    samples = [audio_files.load_audio(p.wav) for p in prompts]
     truth = [p.text for p in prompts]
     t0 = time.perf_counter()
     ref = reference_texts([p.id for p in prompts], samples, args.checkpoint, args.threads)

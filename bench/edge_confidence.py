@@ -92,11 +92,11 @@ def main() -> None:
         n = min(args.n, len(ps))
         summary[lang] = {"prompts": n, "escalated": flagged, "rate": round(flagged / max(n, 1), 3)}
         print(f"{lang}: {flagged}/{n} prompts escalated ({flagged / max(n, 1):.1%})", flush=True)
-    from shared import audio
+    from shared import audio, audio_files
 
     words = 0
     for f in asterisk.music_files():
-        samples = audio.load_audio(f)[: int(args.music_s * audio.SAMPLE_RATE)]
+        samples = audio_files.load_audio(f)[: int(args.music_s * audio.SAMPLE_RATE)]
         r = engine.transcribe(samples)
         n_words = sum(len(s.words) for s in r.segments)
         words += n_words

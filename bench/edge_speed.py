@@ -63,17 +63,17 @@ def ensure_ct2_model(directory: Path = CT2_DIR) -> Path:
 
 def build_audio(n_prompts: int, long_s: float) -> list[np.ndarray]:
     from evaluation import asterisk
-    from shared import audio
+    from shared import audio, audio_files
 
     prompts = asterisk.prompts("en", min_words=4)
-    clips = [audio.load_audio(p.wav) for p in prompts[:n_prompts]]
+    clips = [audio_files.load_audio(p.wav) for p in prompts[:n_prompts]]
     pause = np.zeros(int(0.6 * audio.SAMPLE_RATE), np.float32)
     long_parts: list[np.ndarray] = []
     total = 0.0
     for p in prompts[n_prompts:]:
         if total >= long_s:
             break
-        x = audio.load_audio(p.wav)
+        x = audio_files.load_audio(p.wav)
         long_parts += [x, pause]
         total += (x.size + pause.size) / audio.SAMPLE_RATE
     return [*clips, np.concatenate(long_parts)] if long_parts else clips

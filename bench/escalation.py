@@ -20,9 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient, audio_message
 from evaluation.asterisk import prompts
 from evaluation.degrade import mix_at_snr, white_noise
 from evaluation.scoring import word_errors, words
+from proto.asr.v1 import asr_pb2 as pb
+from shared.audio_files import load_audio
+from shared.wire_audio import WireEncoding
 from testkit.escalation import CloudProcess, daemon_cmd, read_events, run_daemon, speech_file, tally
 from testkit.servers import RedisServer
 
@@ -31,8 +35,6 @@ DEVICE = "bench-edge"
 
 def _clips(n: int) -> list[tuple[str, str, np.ndarray]]:
     """(lang, reference, 16 kHz samples): Spanish, French and English at 5 dB SNR white noise."""
-    from shared.audio import load_audio
-
     rng = np.random.default_rng(11)
     out: list[tuple[str, str, np.ndarray]] = []
     for lang in ("es", "fr", "en"):
@@ -45,10 +47,6 @@ def _clips(n: int) -> list[tuple[str, str, np.ndarray]]:
 
 
 def wire_cost(target: str, token: str, n: int) -> dict[str, Any]:
-    from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient, audio_message
-    from proto.asr.v1 import asr_pb2 as pb
-    from shared.wire_audio import WireEncoding
-
     client = EscalationClient(CloudClientConfig(target, DEVICE, token, timeout_s=60))
     clips = _clips(n)
     result: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from evaluation.report import format_table, row_json
 from evaluation.scoring import evaluate
-from shared.audio import load_audio
+from shared.audio_files import load_audio
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
 

@@ -93,7 +93,8 @@ def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(x, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+    pcm: np.ndarray = np.round(np.clip(x, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+    return pcm
 
 
 def from_pcm16(x: np.ndarray) -> np.ndarray:

@@ -4,9 +4,9 @@ the real edge -> gRPC -> cloud path, scored on a corpus manifest.
     python -m bench.hybrid_eval --manifest M --json OUT [--plot OUT.png] [--cloud HOST:PORT --token-file F]
         [--thresholds 0,0.2,...] [--limit-per-condition N] [--rows ROWS.jsonl]
 
-Without `--cloud` it starts its own cloud: a real Redis (testkit/servers.py), a device registered with
-`fleetctl device add`, and a `cloud-service serve` subprocess with the base checkpoint, all on free loopback
-ports, stopped at the end.
+Without `--cloud` it starts its own cloud: a real Redis (testkit/servers.py), a device registered by
+`register_device` (what `fleetctl device add` runs), and a `cloud-service serve` subprocess with the base
+checkpoint, all on free loopback ports, stopped at the end.
 
 Cost: one edge pass per clip, and at most one cloud call per segment whatever the number of thresholds (the
 cloud's answer for a segment does not depend on the threshold), plus one call per clip (per 30 s) for
@@ -36,6 +36,7 @@ from evaluation.report import format_sweep, format_table, results_json
 from evaluation.scoring import Hypothesis, OperatingPoint, score, select_rows
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
+from shared.whisper_rules import DETECT
 from shared.wire_audio import SAMPLE_RATE, WireEncoding
 from testkit.local_cloud import local_cloud
 
@@ -66,7 +67,7 @@ class HybridEvalConfig:
     limit_per_condition: int | None = None
     encoding: WireEncoding = WireEncoding.FLAC
     device_language: str = "en"
-    cloud_only_language: str = "detect"  # the cloud-only system does not know a clip's language either
+    cloud_only_language: str = DETECT  # the cloud-only system does not know a clip's language either
     model_dir: Path = ROOT / "models" / "tiny.en-int8"
     cloud_model: Path = ROOT / "models" / "base.pt"
     edge_threads: int = 1
@@ -150,10 +151,10 @@ class Runner:
         return answer
 
     def clip(self, row: ManifestRow, path: Path) -> ClipRecord:
-        from edge_node.engine.transcriber import plan_windows
-        from shared import audio
+        from edge_node.core.windows import plan_windows
+        from shared import audio_files
 
-        samples = audio.load_audio(path)
+        samples = audio_files.load_audio(path)
         t0 = time.perf_counter()
         result = self.edge.transcribe(samples)
         edge_s = time.perf_counter() - t0
@@ -253,7 +254,7 @@ def budget_check(records: list[ClipRecord], threshold: float, cfg: ConfidenceCon
 
 def detect_on_english(records: list[ClipRecord]) -> dict[str, int]:
     """English segments sent with "detect" (at the top threshold), and how many the cloud called non-English."""
-    answers = [a for r in records if r.row.lang == "en" for a in r.answers.values() if a.hint == "detect"]
+    answers = [a for r in records if r.row.lang == "en" for a in r.answers.values() if a.hint == DETECT]
     return {
         "english_segments_sent_detect": len(answers),
         "english_detected_as_other": sum(a.language != "en" for a in answers),
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--thresholds", type=_thresholds, default=DEFAULT_THRESHOLDS, help="comma-separated")
     p.add_argument("--limit-per-condition", type=int, help="only the first N clips of each condition")
     p.add_argument("--encoding", choices=[e.value for e in WireEncoding], default=WireEncoding.FLAC.value)
-    p.add_argument("--cloud-only-language", default="detect", help="language hint of cloud-only calls")
+    p.add_argument("--cloud-only-language", default=DETECT, help="language hint of cloud-only calls")
     p.add_argument("--edge-threads", type=int, default=1)
     p.add_argument("--cloud-threads", type=int, default=2)
     p.add_argument("-v", "--verbose", action="store_true")

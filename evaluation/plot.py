@@ -51,7 +51,7 @@ def _families(points: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
 def _no_speech_only(point: Mapping[str, Any], conds: list[str]) -> bool:
     by = point.get("by_condition") or {}
     if by and all(c in by for c in conds):
-        return sum(by[c]["ref_words"] for c in conds) == 0
+        return bool(sum(by[c]["ref_words"] for c in conds) == 0)
     return all((point.get("wer_by_condition") or {}).get(c) is None for c in conds)
 
 

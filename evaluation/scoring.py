@@ -114,9 +114,10 @@ class OperatingPoint:
 def _normalizer(lang: str) -> Callable[[str], str]:
     from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-    if lang == "en":
-        return EnglishTextNormalizer()
-    return BasicTextNormalizer(remove_diacritics=True)
+    normalize: Callable[[str], str] = (
+        EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer(remove_diacritics=True)
+    )
+    return normalize
 
 
 def words(text: str, lang: str | None) -> list[str]:

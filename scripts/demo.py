@@ -20,12 +20,15 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python scripts/demo.py`
     sys.path.insert(0, str(ROOT))
 
+from edge_node.daemon.sources import file_key  # noqa: E402
+from evaluation.scoring import word_errors, words  # noqa: E402
+from fleetctl.fleet.mqtt_io import BrokerSettings  # noqa: E402
 from scripts import demo_audio  # noqa: E402
 from scripts.demo_monitor import Console, EventTail, FileInfo, MqttWatch, Record  # noqa: E402
 from scripts.demo_topology import (  # noqa: E402
@@ -38,7 +41,7 @@ from scripts.demo_topology import (  # noqa: E402
     start_redis,
     submit,
 )
-from testkit.servers import free_port  # noqa: E402
+from testkit.servers import RedisServer, free_port  # noqa: E402
 
 ARTIFACT = ROOT / "models" / "tiny.en-int8"
 FLEET = "demo"
@@ -68,7 +71,7 @@ class Demo:
         self.record = Record()
         self.procs: dict[str, Proc] = {}
         self.checks: list[tuple[bool, str]] = []
-        self.redis: Any = None
+        self.redis: RedisServer | None = None
         self.broker = Broker(out, FLEET, NODES)
         self.watch: MqttWatch | None = None
         self.tail: EventTail | None = None
@@ -81,7 +84,7 @@ class Demo:
         self.checks.append((ok, what))
 
     def fleet_args(self, user: str) -> list[str]:
-        assert self.broker.server is not None
+        assert self.broker.server is not None and self.redis is not None
         return ["--broker", f"127.0.0.1:{self.broker.server.port}", "--fleet", FLEET, "--redis", self.redis.url,
                 "--mqtt-user", user, "--mqtt-password-file", str(self.broker.passwords[user])]
 
@@ -134,9 +137,7 @@ class Demo:
         self.procs["controller"].wait_until(lambda: True, 1, "start")
         self.start_edges(port, tokens)
 
-    def _operator_settings(self) -> Any:
-        from fleetctl.fleet.mqtt_io import BrokerSettings
-
+    def _operator_settings(self) -> BrokerSettings:
         assert self.broker.server is not None
         return BrokerSettings(port=self.broker.server.port, username="fleet-operator",
                               password=self.broker.passwords["fleet-operator"].read_text().strip())
@@ -175,8 +176,6 @@ class Demo:
     # -- feed ----------------------------------------------------------------------------------------------
     def feed(self, phase: int) -> None:
         """Each node gets its files one at a time, as a recorder would drop them; both nodes in parallel."""
-        from edge_node.daemon.sources import file_key
-
         errors: list[str] = []
 
         def one_node(node: str, clips: list[demo_audio.Clip]) -> None:
@@ -189,12 +188,14 @@ class Demo:
                 part = incoming / f"{clip.name}.wav.part"
                 part.write_bytes(clip.path.read_bytes())
                 part.rename(incoming / f"{clip.name}.wav")  # whole file appears at once
-                deadline = time.monotonic() + 120
-                while not (processed.exists() and key in processed.read_text()):
-                    if time.monotonic() > deadline or not self.procs[node].alive():
-                        errors.append(f"{node} did not finish {clip.name}")
-                        return
-                    time.sleep(0.2)
+                def done(key: str = key) -> bool:
+                    return processed.exists() and key in processed.read_text()
+
+                try:
+                    self.procs[node].wait_until(done, 120, f"{clip.name} processed")
+                except StartError:
+                    errors.append(f"{node} did not finish {clip.name}")
+                    return
                 time.sleep(FILE_GAP_S)
 
         threads = [threading.Thread(target=one_node, args=(node, clips)) for node, clips in
@@ -282,8 +283,6 @@ class Demo:
                    f"[{DEFAULT_THRESHOLD}, {NEW_THRESHOLD}) escalated after the change")
 
     def summary(self) -> None:
-        from evaluation.scoring import word_errors, words
-
         self.say("per clip (word errors vs the Asterisk transcript: edge -> final):", "summary")
         revision = {r["segment_id"]: r["text"] for r in self.record.revisions}
         totals = [0, 0, 0]  # edge errors, final errors, reference words
@@ -322,10 +321,11 @@ class Demo:
         self.say(f"stopped mosquitto  exit code {rc}", "stop")
         if self.redis is not None:
             self.redis.stop()
-            self.say(f"stopped redis      exit code {self.redis.proc.returncode}", "stop")
+            rc = self.redis.proc.returncode if self.redis.proc else None
+            self.say(f"stopped redis      exit code {rc}", "stop")
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM to the demo: stop the children in order, as for Ctrl-C
 
 

@@ -67,7 +67,7 @@ def _write(path: Path, samples: np.ndarray) -> None:
 
 
 def make_clip(out_dir: Path, lang: str, prompt_id: str, condition: str) -> Clip:
-    from shared.audio import load_audio
+    from shared.audio_files import load_audio
 
     prompt = _prompt(lang, prompt_id)
     name = f"{condition}-{prompt_id.replace('/', '-')}"

@@ -9,12 +9,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+import numpy as np
+import redis
+
+from cloud_service.api.health import check
+from cloud_service.jobs.store import register_device as register
+from proto.asr.v1 import asr_pb2, asr_pb2_grpc
+from shared.audio_files import load_audio
+from shared.whisper_rules import DETECT
 from testkit.servers import MosquittoServer, RedisServer
+from testkit.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISION = ROOT / "deploy" / "mosquitto" / "provision.sh"
@@ -53,15 +62,20 @@ class Proc:
         return lines[-1].strip() if lines else "(no output)"
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """testkit.wait.wait_until, giving up at once (StartError) when the process has exited."""
+
+        def up() -> bool:
             if ready():
-                return
+                return True
             if not self.alive():
                 rc = self.proc.returncode if self.proc else None
                 raise StartError(f"{self.name} exited (code {rc}) before {what}: {self.last_line()}")
-            time.sleep(0.2)
-        raise StartError(f"{self.name}: no {what} after {timeout:.0f}s (log {self.log})")
+            return False
+
+        try:
+            wait_until(up, timeout, what, interval=0.2)
+        except TimeoutError:
+            raise StartError(f"{self.name}: no {what} after {timeout:.0f}s (log {self.log})") from None
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         if self.proc is None:
@@ -128,23 +142,19 @@ def start_redis(workdir: Path) -> RedisServer:
 
 
 def register_device(redis_url: str, device: str, token_file: Path) -> None:
-    """`fleetctl device add`: the token it prints once goes straight into a 0600 file, never to the console."""
-    done = subprocess.run([PY, "-m", "fleetctl", "device", "add", device, "--redis", redis_url],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or ["no token printed"])[-1]
-        raise StartError(f"fleetctl device add {device}: {reason}")
+    """Register `device` (what `fleetctl device add` does): its token goes straight into a 0600 file, never to
+    the console."""
+    try:
+        with redis.Redis.from_url(redis_url, socket_connect_timeout=3.0, socket_timeout=3.0) as client:
+            token = register(client, device)
+    except (ValueError, redis.RedisError) as exc:
+        raise StartError(f"register device {device}: {exc}") from None
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(lines[-1].strip() + "\n")
+        f.write(token + "\n")
 
 
 def cloud_healthy(target: str) -> bool:
-    import grpc
-
-    from cloud_service.api.health import check
-
     try:
         return check(target, timeout_s=1.0) == "SERVING"
     except (grpc.RpcError, OSError):
@@ -153,15 +163,9 @@ def cloud_healthy(target: str) -> bool:
 
 def submit(target: str, device: str, token_file: Path, segment_id: str, wav: Path) -> str:
     """The asynchronous path: `Submit` a whole clip (PCM16) as `device`; returns the Redis Stream entry id."""
-    import grpc
-    import numpy as np
-
-    from proto.asr.v1 import asr_pb2, asr_pb2_grpc
-    from shared.audio import load_audio
-
     pcm = (np.clip(load_audio(wav), -1.0, 1.0) * 32767).astype("<i2").tobytes()
     request = asr_pb2.TranscribeRequest(
-        segment_id=segment_id, device_id=device, language="detect",
+        segment_id=segment_id, device_id=device, language=DETECT,
         audio=asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=16000, data=pcm))
     token = token_file.read_text().strip()
     with grpc.insecure_channel(target) as channel:

@@ -6,13 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 
+from cloud_service.jobs.store import register_device
+from shared.audio_files import load_audio
 from testkit.servers import _Server, cloud_serve_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,16 +41,14 @@ class CloudProcess(_Server):
                                "--max-wait-ms", "5")
 
     def add_device(self, name: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "fleetctl", "device", "add", name, "--redis",
-                              self.redis_url, "--rotate"], cwd=ROOT, capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1]
+        """Register (or re-register) `name` in this cloud's Redis; returns its new bearer token."""
+        with redis.Redis.from_url(self.redis_url) as client:
+            return register_device(client, name, rotate=True)
 
 
 def speech_file(path: Path, wavs: list[Path], gap_s: float = 1.0) -> Path:
     """Concatenate real prompts (resampled to 16 kHz) with silence between them."""
     import soundfile as sf
-
-    from shared.audio import load_audio
 
     gap = np.zeros(int(gap_s * 16000), np.float32)
     parts: list[np.ndarray] = [gap]
@@ -86,12 +86,3 @@ def tally(events: list[dict[str, Any]]) -> tuple[set[str], set[str], Counter[str
     final = {e["segment_id"] for e in events if e["type"] == "segment" and e["final"]}
     revisions = Counter(e["segment_id"] for e in events if e["type"] == "revision")
     return escalated, final, revisions
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False

@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -24,19 +23,11 @@ from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.fleet_schema import ConfigParams
 from shared.manifest import Manifest, read_manifest, write_manifest
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 CHUNK = 64 * 1024
 FLEET = "lab"
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll until `pred()` is truthy (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class ArtifactServicer(asr_pb2_grpc.EscalationServiceServicer):
@@ -49,7 +40,7 @@ class ArtifactServicer(asr_pb2_grpc.EscalationServiceServicer):
         self.requests: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
-    def FetchModel(self, request: Any, context: Any) -> Any:
+    def FetchModel(self, request: asr_pb2.ModelRequest, context: grpc.ServicerContext) -> Iterator[asr_pb2.ModelChunk]:
         directory = self.artifacts.get((request.name, request.version))
         if directory is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no artifact {request.name} {request.version}")
@@ -121,8 +112,8 @@ class OnnxTarget:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._serving: tuple[str, Any] | None = None  # (version, session)
-        self._candidate: tuple[str, Any] | None = None
+        self._serving: tuple[str, InferenceSession] | None = None  # (version, session)
+        self._candidate: tuple[str, InferenceSession] | None = None
         self.swaps = 0
 
     def load_candidate(self, directory: Path) -> None:

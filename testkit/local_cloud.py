@@ -1,5 +1,5 @@
-"""A throwaway cloud for benches: a real Redis, a device registered with `fleetctl device add`, and a
-`cloud-service serve` subprocess, all on free loopback ports.
+"""A throwaway cloud for benches: a real Redis, a registered device (`cloud_service.jobs.store.register_device`,
+what `fleetctl device add` runs), and a `cloud-service serve` subprocess, all on free loopback ports.
 
     python -m bench.local_cloud --token-file TOKEN [--model models/base.pt]
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import os
 import signal
@@ -20,29 +19,21 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
+
+from cloud_service.jobs.store import register_device
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
+from testkit.servers import RedisServer, cloud_serve_cmd, free_port, port_open
+from testkit.wait import wait_until
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_START_TIMEOUT_S = 300.0  # loading base on a busy 2-core machine
-
-
-def register_device(redis_url: str, name: str) -> str:
-    """`fleetctl device add NAME --redis URL`, returning the token it printed once."""
-    from fleetctl.__main__ import main as fleetctl
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = fleetctl(["device", "add", name, "--redis", redis_url])
-    if rc != 0:
-        raise UserError(f"fleetctl device add {name} failed (exit {rc})")
-    return out.getvalue().strip()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -60,15 +51,17 @@ def local_cloud(
     model: Path, workdir: Path, device_id: str, threads: int = 2, max_audio_s: float = 30.0
 ) -> Iterator[tuple[str, str]]:
     """Redis + a registered device + `cloud-service serve` (auth on, no rate limit); yields (target, token)."""
-    from testkit.servers import RedisServer, cloud_serve_cmd, free_port, wait_port
-
     if not model.is_file():
         raise UserError(f"cloud checkpoint not found: {model}")
     redis_server = RedisServer(workdir / "redis")
     redis_server.start()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        token = register_device(redis_server.url, device_id)
+        try:
+            with redis.Redis.from_url(redis_server.url) as client:
+                token = register_device(client, device_id)
+        except (ValueError, redis.RedisError) as exc:
+            raise UserError(f"cannot register device {device_id}: {exc}") from None
         port = free_port()
         cmd = cloud_serve_cmd(
             port, model, "--redis", redis_server.url, "--device", "cpu",
@@ -76,20 +69,18 @@ def local_cloud(
         )  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with (workdir / "serve.log").open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
-        while True:  # the port opens once the model is loaded
-            if proc.poll() is not None:
+            proc = serving = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+        def listening() -> bool:  # the port opens once the model is loaded
+            if serving.poll() is not None:
                 tail = (workdir / "serve.log").read_text(errors="replace")[-800:]
-                raise UserError(f"cloud-service serve exited with {proc.returncode}: {tail}")
-            try:
-                wait_port(port, timeout=2.0)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise UserError(
-                        f"cloud-service serve did not listen within {SERVE_START_TIMEOUT_S:.0f} s"
-                    ) from None
+                raise UserError(f"cloud-service serve exited with {serving.returncode}: {tail}")
+            return port_open(port)
+
+        try:
+            wait_until(listening, SERVE_START_TIMEOUT_S, "cloud-service serve to listen", interval=0.2)
+        except TimeoutError:
+            raise UserError(f"cloud-service serve did not listen within {SERVE_START_TIMEOUT_S:.0f} s") from None
         log.info("cloud-service serve on 127.0.0.1:%d (pid %d), Redis %s", port, proc.pid, redis_server.url)
         yield f"127.0.0.1:{port}", token
     finally:

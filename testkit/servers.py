@@ -8,8 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from testkit.wait import wait_until
 
 
 def free_port() -> int:
@@ -24,15 +25,20 @@ def cloud_serve_cmd(port: int, model: str | Path, *extra: str) -> list[str]:
             *extra]
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:PORT now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    try:
+        wait_until(lambda: port_open(port), timeout, f"127.0.0.1:{port}", interval=0.05)
+    except TimeoutError:
+        raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s") from None
 
 
 class _Server:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import io
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,10 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 
 from cloud_service.api.server import _SERVICERS, EscalationServicer, create_server, stop_server
 from cloud_service.asr.model import AsrModel
 from cloud_service.config import CloudConfig
+from cloud_service.jobs.store import register_device as register
 from proto.asr.v1 import asr_pb2_grpc
 from testkit.servers import RedisServer
 from tests.audio_fixtures import encoded_audio, need_prompts, pcm16_audio, silence_pcm16  # noqa: F401
@@ -45,14 +45,9 @@ def cloud_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
 
 
 def register_device(redis_url: str, name: str) -> str:
-    """`fleetctl device add NAME`: returns the token it printed."""
-    from fleetctl.__main__ import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main(["device", "add", name, "--redis", redis_url])
-    assert rc == 0
-    return out.getvalue().strip()
+    """Register `name` in the Redis at `redis_url` (what `fleetctl device add` does); returns its token."""
+    with redis.Redis.from_url(redis_url) as client:
+        return register(client, name)
 
 
 class ServerThread:

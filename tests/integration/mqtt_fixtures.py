@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +13,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_node.adapters.mqtt_agent import AgentConfig, DeviceAgent
+from edge_node.adapters.mqtt_agent import AgentConfig, DeviceAgent, ModelInstaller
 from edge_node.core.desired_state import ParamsTarget
 from fleetctl.__main__ import main as fleetctl_main
 from shared.fleet_schema import Ack, DeviceState, parse_payload
 from shared.signing import init_keypair, load_private_key
-from testkit.fleet import FLEET, wait_until
+from testkit.fleet import FLEET
 from testkit.servers import MosquittoServer, RedisServer
+from testkit.wait import wait_until
 
 # Persist retained messages at once: the broker-restart test SIGKILLs it, as a power cut would.
 BROKER_CONF = "allow_anonymous true\nautosave_interval 1\nautosave_on_changes true\n"
@@ -84,8 +85,8 @@ class FleetEnv:
             argv += ["--key", str(self.keys.private_path)]
         return fleetctl_main(argv)
 
-    def agent(self, device: str, params: ParamsTarget, models: Any = None, counters: Any = None,
-              **overrides: Any) -> DeviceAgent:
+    def agent(self, device: str, params: ParamsTarget, models: ModelInstaller | None = None,
+              counters: Callable[[], Mapping[str, float]] | None = None, **overrides: Any) -> DeviceAgent:
         cfg = AgentConfig(fleet=FLEET, device_id=device, state_dir=self.root / "devices" / device,
                           port=self.broker.port, operator_pubkey=self.keys.public_path,
                           reconnect_min_s=1, reconnect_max_s=2, keepalive_s=5, **overrides)

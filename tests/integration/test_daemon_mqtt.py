@@ -14,8 +14,9 @@ import pytest
 
 from evaluation.asterisk import available, prompts
 from shared.signing import init_keypair
-from testkit.escalation import ROOT, daemon_cmd, read_events, wait_for
+from testkit.escalation import ROOT, daemon_cmd, read_events
 from testkit.servers import MosquittoServer, RedisServer, free_port
+from testkit.wait import wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 

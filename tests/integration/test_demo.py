@@ -12,7 +12,7 @@ import pytest
 
 from scripts.demo_monitor import Console, EventTail, FileInfo, Record
 from scripts.demo_topology import Broker, register_device, start_redis
-from testkit.fleet import wait_until
+from testkit.wait import wait_until
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.redis]
 

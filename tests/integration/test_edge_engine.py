@@ -10,7 +10,7 @@ import pytest
 
 from edge_node.core.decoding import DecodingOptions, decode, decode_with_fallback
 from evaluation import asterisk
-from shared import audio
+from shared import audio, audio_files
 from tests.edge_fixtures import edge_engine, edge_greedy_engine, english_prompts, lang_prompts, whisper_tiny
 
 __all__ = ["edge_engine", "edge_greedy_engine", "whisper_tiny"]  # fixtures used by name
@@ -31,7 +31,7 @@ def test_greedy_text_equals_openai_whisper_fp32(edge_greedy_engine: Any, whisper
     prompts = english_prompts(8)
     same = []
     for p in prompts:
-        samples = audio.load_audio(p.wav)
+        samples = audio_files.load_audio(p.wav)
         same.append(edge_greedy_engine.transcribe(samples).text == _whisper_greedy(whisper_tiny, samples))
     # int8 weights may flip a token now and then; bench/edge_accuracy.py measures the rate on 100 prompts
     assert sum(same) >= len(prompts) - 1, same
@@ -55,7 +55,7 @@ def test_timestamps_beam_and_fallback_paths(edge_engine: Any) -> None:
     """Timestamp tokens come in rising pairs; beam search and forced fallback give sane results."""
     m, tok = edge_engine.model, edge_engine.tokenizer
     p = english_prompts(3)[2]
-    samples = audio.load_audio(p.wav)
+    samples = audio_files.load_audio(p.wav)
     mel = audio.log_mel_spectrogram(samples, edge_engine.filters, padding=audio.N_SAMPLES)[
         :, : audio.N_FRAMES
     ]
@@ -83,7 +83,7 @@ def test_initial_prompt_hot_word(edge_engine: Any) -> None:
     wav = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / "demo-congrats.wav"
     if not wav.exists():
         pytest.skip("demo-congrats prompt is not installed")
-    samples = audio.load_audio(wav)
+    samples = audio_files.load_audio(wav)
     cfg = replace(edge_engine.config, word_timestamps=False, temperatures=(0.0,))
     plain = edge_engine.with_config(cfg).transcribe(samples).text
     hot = edge_engine.with_config(replace(cfg, initial_prompt="Asterisk")).transcribe(samples).text
@@ -106,7 +106,7 @@ def test_music_on_hold_emits_no_words(edge_engine: Any) -> None:
     if not files:
         pytest.skip("music on hold is not installed")
     for f in files[:2]:
-        r = edge_engine.transcribe(audio.load_audio(f)[: 45 * audio.SAMPLE_RATE])
+        r = edge_engine.transcribe(audio_files.load_audio(f)[: 45 * audio.SAMPLE_RATE])
         assert r.text == "" and not any(s.words for s in r.segments), (f.name, r.text)
 
 

@@ -27,7 +27,7 @@ ISSUE_KEYS = {
 
 
 def _manifest(tmp: Path) -> Path:
-    from shared.audio import load_audio
+    from shared.audio_files import load_audio
 
     for code in ("en", "es"):
         if not asterisk.available(code):

@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.properties import Properties
 
-from testkit.fleet import wait_until
 from testkit.servers import MosquittoServer
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.mqtt
 ROOT = Path(__file__).resolve().parents[2]

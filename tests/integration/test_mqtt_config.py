@@ -16,7 +16,8 @@ from shared.fleet_schema import (
     device_config_topic,
     fleet_config_topic,
 )
-from testkit.fleet import FLEET, RecordingEngine, wait_until
+from testkit.fleet import FLEET, RecordingEngine
+from testkit.wait import wait_until
 
 if TYPE_CHECKING:
     from tests.integration.mqtt_fixtures import FleetEnv

@@ -23,8 +23,8 @@ from testkit.fleet import (
     OnnxTarget,
     build_artifact,
     serve_artifacts,
-    wait_until,
 )
+from testkit.wait import wait_until
 
 if TYPE_CHECKING:
     from tests.integration.mqtt_fixtures import FleetEnv

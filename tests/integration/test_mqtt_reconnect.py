@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from testkit.fleet import RecordingEngine, wait_until
+from testkit.fleet import RecordingEngine
+from testkit.wait import wait_until
 
 if TYPE_CHECKING:
     from tests.integration.mqtt_fixtures import FleetEnv

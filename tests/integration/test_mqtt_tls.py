@@ -17,8 +17,9 @@ from edge_node.adapters.mqtt_agent import AgentConfig, DeviceAgent
 from edge_node.core.desired_state import ParamsBox
 from shared.fleet_schema import ConfigParams, DesiredConfig, fleet_config_topic
 from shared.signing import init_keypair, load_private_key
-from testkit.fleet import FLEET, wait_until
+from testkit.fleet import FLEET
 from testkit.servers import MosquittoServer, free_port
+from testkit.wait import wait_until
 
 pytestmark = pytest.mark.mqtt
 TLS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "tls.conf"

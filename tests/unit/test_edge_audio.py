@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evaluation import asterisk
-from shared import audio
+from shared import audio, audio_files
 from shared.errors import UserError
 
 # Same samples in: our numpy STFT/mel vs whisper's torch one differ only by float32 rounding.
@@ -28,7 +28,7 @@ def test_log_mel_matches_openai_whisper(prompts: list[asterisk.Prompt]) -> None:
     torch = pytest.importorskip("torch")
     filters = np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz")["mel_80"]
     for p in prompts:
-        samples = audio.load_audio(p.wav)
+        samples = audio_files.load_audio(p.wav)
         assert samples.dtype == np.float32 and samples.ndim == 1
         ref = whisper.log_mel_spectrogram(torch.from_numpy(samples), padding=audio.N_SAMPLES).numpy()
         ours = audio.log_mel_spectrogram(samples, filters, padding=audio.N_SAMPLES)
@@ -47,7 +47,7 @@ def test_load_resamples_8k_to_16k_mono(prompts: list[asterisk.Prompt]) -> None:
     p = prompts[0]
     native, sr = soundfile.read(str(p.wav), dtype="float32")
     assert sr == 8000
-    samples = audio.load_audio(p.wav)
+    samples = audio_files.load_audio(p.wav)
     assert abs(len(samples) - 2 * len(native)) <= 2
     # energy is kept by a band-limited resampler
     assert np.sqrt(np.mean(samples**2)) == pytest.approx(np.sqrt(np.mean(native**2)), rel=0.05)
@@ -58,8 +58,8 @@ def test_gsm_goes_through_ffmpeg(prompts: list[asterisk.Prompt]) -> None:
     gsm = prompts[0].with_ext(".gsm")
     if not gsm.exists():
         pytest.skip("GSM prompts are not installed")
-    samples = audio.load_audio(gsm)
-    wav = audio.load_audio(prompts[0].wav)
+    samples = audio_files.load_audio(gsm)
+    wav = audio_files.load_audio(prompts[0].wav)
     assert abs(len(samples) - len(wav)) < audio.SAMPLE_RATE // 10
 
 
@@ -86,4 +86,4 @@ def test_bad_files_name_the_file(tmp_path: Path, prompts: list[asterisk.Prompt])
         if data is not None:
             path.write_bytes(data)
         with pytest.raises(UserError, match=name.replace(".", r"\.")):
-            audio.load_audio(path)
+            audio_files.load_audio(path)

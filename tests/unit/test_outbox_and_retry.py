@@ -139,7 +139,7 @@ def test_circuit_breaker_opens_half_opens_and_closes() -> None:
 def test_edge_encoding_roundtrips_through_the_cloud_decoder(enc: WireEncoding) -> None:
     """What the edge encodes (shared.wire_audio) is what the cloud decodes (cloud_service.asr.audio_codec)."""
     from cloud_service.asr.audio_codec import Encoding, decode_audio
-    from shared.audio import load_audio
+    from shared.audio_files import load_audio
 
     wav = Path("/usr/share/asterisk/sounds/en_US_f_Allison/vm-goodbye.wav")
     if not wav.exists():
