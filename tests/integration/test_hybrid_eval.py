@@ -154,7 +154,7 @@ def test_budget_refusals_follow_the_shipped_budget() -> None:
 
 def test_hybrid_hypothesis_replaces_only_escalated_segments() -> None:
     from edge_node.engine.transcriber import Segment
-    from evaluation.hybrid_eval import ClipRecord, CloudAnswer, hybrid_hypothesis
+    from evaluation.hybrid_records import ClipRecord, CloudAnswer, hybrid_hypothesis
     from evaluation.manifest import ManifestRow
 
     def seg(text: str, confidence: float, start: float) -> Segment:
