@@ -139,6 +139,33 @@ def _token(redis_url: str | None) -> str | None:
         return register_device(client, "bench")
 
 
+def _measure(
+    services: dict[int, Service], token: str | None, clips: list[tuple[bytes, int]], total: int
+) -> list[Run]:
+    """Each concurrency level against each server, back to back; one JSON line per run as it finishes."""
+    runs = []
+    for conc in CONCURRENCY:
+        for max_batch, svc in services.items():
+            lat, over, server_over, batches, wall = asyncio.run(
+                _drive(svc.port, token, clips, conc, total // conc, f"b{max_batch}c{conc}")
+            )
+            run = Run(
+                conc,
+                max_batch,
+                len(lat),
+                len(lat) / wall,
+                float(np.percentile(lat, 50)),
+                float(np.percentile(lat, 95)),
+                float(np.percentile(over, 50)),
+                float(np.percentile(over, 95)),
+                float(np.percentile(server_over, 95)),
+                float(np.mean(batches)),
+            )
+            runs.append(run)
+            print(json.dumps(asdict(run)), flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the figures here")
@@ -170,25 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             for max_batch, svc in services.items():
                 svc.wait()
                 asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
-            for conc in CONCURRENCY:
-                for max_batch, svc in services.items():
-                    lat, over, server_over, batches, wall = asyncio.run(
-                        _drive(svc.port, token, clips, conc, total // conc, f"b{max_batch}c{conc}")
-                    )
-                    run = Run(
-                        conc,
-                        max_batch,
-                        len(lat),
-                        len(lat) / wall,
-                        float(np.percentile(lat, 50)),
-                        float(np.percentile(lat, 95)),
-                        float(np.percentile(over, 50)),
-                        float(np.percentile(over, 95)),
-                        float(np.percentile(server_over, 95)),
-                        float(np.mean(batches)),
-                    )
-                    runs.append(run)
-                    print(json.dumps(asdict(run)), flush=True)
+            runs = _measure(services, token, clips, total)
         finally:
             for svc in services.values():
                 svc.stop()
