@@ -6,16 +6,15 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 
 from evaluation import asterisk
 from proto.asr.v1 import asr_pb2
+from tests.prereq import require
 
 
 def need_prompts(lang: str) -> list[asterisk.Prompt]:
-    if not asterisk.available(lang):
-        pytest.skip(f"Asterisk {lang} prompts are not installed (run `make setup`)")
+    require(asterisk.available(lang), f"Asterisk {lang} prompts are not installed")
     return asterisk.prompts(lang, min_words=4)
 
 

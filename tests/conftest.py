@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import require
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 KEYS = ROOT / "keys"
 
 
 def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is missing: run `make setup` to build the model artifacts")
+    require(path.exists(), f"{path} is missing")
     return path
 
 

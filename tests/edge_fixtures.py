@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from evaluation import asterisk
+from tests.prereq import require
 
 
 @pytest.fixture(scope="session")
@@ -27,19 +28,17 @@ def edge_greedy_engine(edge_engine: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def whisper_tiny(tiny_checkpoint: Path) -> Any:
-    whisper = pytest.importorskip("whisper")
+    import whisper
     return whisper.load_model(str(tiny_checkpoint), device="cpu")
 
 
 def english_prompts(n: int, min_words: int = 4) -> list[asterisk.Prompt]:
-    if not asterisk.available("en"):
-        pytest.skip("Asterisk English prompts are not installed")
+    require(asterisk.available("en"), "Asterisk English prompts are not installed")
     ps = asterisk.prompts("en", min_words=min_words)
     return ps[:: max(1, len(ps) // n)][:n]  # spread over the alphabet, deterministic
 
 
 def lang_prompts(lang: str, n: int) -> list[asterisk.Prompt]:
-    if not asterisk.available(lang):
-        pytest.skip(f"Asterisk {lang} prompts are not installed")
+    require(asterisk.available(lang), f"Asterisk {lang} prompts are not installed")
     ps = asterisk.prompts(lang, min_words=4)
     return ps[:: max(1, len(ps) // n)][:n]

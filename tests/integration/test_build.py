@@ -13,6 +13,7 @@ import pytest
 from fleetctl.models.build import BuildOptions, build_edge_artifact
 from shared.errors import UserError
 from shared.signing import init_keypair, load_private_key
+from tests.prereq import require
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = Path("/usr/share/asterisk/sounds/en_US_f_Allison/conf-adminmenu.wav")
@@ -34,8 +35,7 @@ def fp32_artifact(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 def _mel() -> np.ndarray:
     import whisper
 
-    if not PROMPT.exists():
-        pytest.skip("Asterisk English prompts not installed (make setup installs them)")
+    require(PROMPT.exists(), "Asterisk English prompts not installed")
     return whisper.log_mel_spectrogram(whisper.pad_or_trim(whisper.load_audio(str(PROMPT))))[None].numpy()
 
 

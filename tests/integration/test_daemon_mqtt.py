@@ -17,13 +17,13 @@ from shared.signing import init_keypair
 from testkit.escalation import ROOT, daemon_cmd, read_events
 from testkit.servers import MosquittoServer, RedisServer, free_port
 from testkit.wait import wait_for
+from tests.prereq import require
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 
 def test_live_threshold_change_applies_to_next_file(tmp_path: Path) -> None:
-    if not available("en") or not (ROOT / "models" / "tiny.en-int8").exists():
-        pytest.skip("Asterisk prompts or models missing: run `make setup`")
+    require(available("en") and (ROOT / "models" / "tiny.en-int8").exists(), "Asterisk prompts or models missing")
     broker, redis = MosquittoServer(tmp_path / "mq"), RedisServer(tmp_path / "redis")
     broker.start()
     redis.start()

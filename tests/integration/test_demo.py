@@ -13,6 +13,7 @@ import pytest
 from scripts.demo_monitor import Console, EventTail, FileInfo, Record
 from scripts.demo_topology import Broker, register_device, start_redis
 from testkit.wait import wait_until
+from tests.prereq import require
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.redis]
 
@@ -36,8 +37,7 @@ def _connect(port: int, user: str, password: str) -> bool:
 
 
 def test_broker_and_tokens(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed (run `make setup`)")
+    require(shutil.which("mosquitto_passwd") is not None, "mosquitto_passwd is not installed")
     broker = Broker(tmp_path, "demo", ("edge-1", "edge-2"))
     broker.provision()
     port = broker.start()

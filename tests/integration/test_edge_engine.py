@@ -12,6 +12,7 @@ from edge_node.core.decoding import DecodingOptions, decode, decode_with_fallbac
 from evaluation import asterisk
 from shared import audio, audio_files
 from tests.edge_fixtures import edge_engine, edge_greedy_engine, english_prompts, lang_prompts, whisper_tiny
+from tests.prereq import require
 
 __all__ = ["edge_engine", "edge_greedy_engine", "whisper_tiny"]  # fixtures used by name
 
@@ -81,8 +82,7 @@ def test_initial_prompt_hot_word(edge_engine: Any) -> None:
     in the prompt gives it its name. (With onnxruntime 1.32's int8 artifact, demo-abouttotry, used before,
     already comes out without the misspelling the hot word fixed.)"""
     wav = asterisk.SOUNDS / asterisk.LANG_DIRS["en"] / "demo-congrats.wav"
-    if not wav.exists():
-        pytest.skip("demo-congrats prompt is not installed")
+    require(wav.exists(), "demo-congrats prompt is not installed")
     samples = audio_files.load_audio(wav)
     cfg = replace(edge_engine.config, word_timestamps=False, temperatures=(0.0,))
     plain = edge_engine.with_config(cfg).transcribe(samples).text
@@ -103,8 +103,7 @@ def test_confidence_flags_foreign_speech_not_english(edge_engine: Any) -> None:
 
 def test_music_on_hold_emits_no_words(edge_engine: Any) -> None:
     files = asterisk.music_files()
-    if not files:
-        pytest.skip("music on hold is not installed")
+    require(files, "music on hold is not installed")
     for f in files[:2]:
         r = edge_engine.transcribe(audio_files.load_audio(f)[: 45 * audio.SAMPLE_RATE])
         assert r.text == "" and not any(s.words for s in r.segments), (f.name, r.text)

@@ -26,6 +26,7 @@ from testkit.escalation import (
 )
 from testkit.servers import RedisServer, free_port
 from testkit.wait import wait_for
+from tests.prereq import require
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -35,10 +36,8 @@ DEVICE = "edge-test"
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two clean English prompts (confident) and three Spanish ones (the English-only model doubts them)."""
-    if not (available("en") and available("es")):
-        pytest.skip("Asterisk prompts not installed (make setup installs them)")
-    if not (ROOT / "models" / "base.pt").exists() or not (ROOT / "models" / "tiny.en-int8").exists():
-        pytest.skip("models missing: run `make setup`")
+    require(bool(available("en") and available("es")), "Asterisk prompts not installed")
+    require((ROOT / "models" / "base.pt").exists() and (ROOT / "models" / "tiny.en-int8").exists(), "models missing")
     en = {p.id: p.wav for p in prompts("en", min_words=4)}
     es = {p.id: p.wav for p in prompts("es", min_words=4)}
     wavs = [en["vm-goodbye"] if "vm-goodbye" in en else next(iter(en.values())), en["conf-adminmenu"],
@@ -153,8 +152,7 @@ def test_outbox_at_rest_holds_no_plaintext(speech: Path, tmp_path: Path) -> None
 
 def test_bad_stdin_and_unreachable_cloud_and_bad_token(cloud: tuple[CloudProcess, Path], tmp_path: Path) -> None:
     server, _ = cloud
-    if not (ROOT / "models" / "tiny.en-int8").exists():
-        pytest.skip("models missing: run `make setup`")
+    require((ROOT / "models" / "tiny.en-int8").exists(), "models missing")
     log = tmp_path / "edge.log"
     # Odd byte count and silence only: clean exit, a clear line for the odd byte, no segments.
     silence = bytes(16000 * 2 * 5 + 1)

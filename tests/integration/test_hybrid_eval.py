@@ -14,6 +14,7 @@ from edge_node.core.confidence import ConfidenceConfig
 from edge_node.core.escalation_policy import EscalationPolicy
 from evaluation import asterisk, hybrid_policy
 from evaluation.hybrid_eval import HybridEvalConfig, run
+from tests.prereq import require
 
 ISSUE_KEYS = {
     "threshold",
@@ -30,11 +31,9 @@ def _manifest(tmp: Path) -> Path:
     from shared.audio_files import load_audio
 
     for code in ("en", "es"):
-        if not asterisk.available(code):
-            pytest.skip(f"Asterisk {code} prompts are not installed (run `make setup`)")
+        require(asterisk.available(code), f"Asterisk {code} prompts are not installed")
     music = asterisk.music_files()
-    if not music:
-        pytest.skip("Asterisk music on hold is not installed (run `make setup`)")
+    require(music, "Asterisk music on hold is not installed")
     en = next(p for p in asterisk.prompts("en", min_words=4) if p.id == "conf-nonextended")
     es = next(p for p in asterisk.prompts("es", min_words=4) if p.id == "conf-getpin")
     rows = []

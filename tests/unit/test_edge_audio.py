@@ -11,6 +11,7 @@ import pytest
 from evaluation import asterisk
 from shared import audio, audio_files
 from shared.errors import UserError
+from tests.prereq import require
 
 # Same samples in: our numpy STFT/mel vs whisper's torch one differ only by float32 rounding.
 LOG_MEL_TOLERANCE = 1e-4
@@ -18,14 +19,13 @@ LOG_MEL_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def prompts() -> list[asterisk.Prompt]:
-    if not asterisk.available("en"):
-        pytest.skip("Asterisk English prompts are not installed")
+    require(asterisk.available("en"), "Asterisk English prompts are not installed")
     return asterisk.prompts("en", min_words=4)[:6]
 
 
 def test_log_mel_matches_openai_whisper(prompts: list[asterisk.Prompt]) -> None:
-    whisper = pytest.importorskip("whisper")
-    torch = pytest.importorskip("torch")
+    import torch
+    import whisper
     filters = np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz")["mel_80"]
     for p in prompts:
         samples = audio_files.load_audio(p.wav)
@@ -53,11 +53,10 @@ def test_load_resamples_8k_to_16k_mono(prompts: list[asterisk.Prompt]) -> None:
     assert np.sqrt(np.mean(samples**2)) == pytest.approx(np.sqrt(np.mean(native**2)), rel=0.05)
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 def test_gsm_goes_through_ffmpeg(prompts: list[asterisk.Prompt]) -> None:
+    require(shutil.which("ffmpeg"), "ffmpeg is not installed")
     gsm = prompts[0].with_ext(".gsm")
-    if not gsm.exists():
-        pytest.skip("GSM prompts are not installed")
+    require(gsm.exists(), "GSM prompts are not installed")
     samples = audio_files.load_audio(gsm)
     wav = audio_files.load_audio(prompts[0].wav)
     assert abs(len(samples) - len(wav)) < audio.SAMPLE_RATE // 10

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import whisper.tokenizer as whisper_tokenizer
 
 from edge_node.core import confidence as conf
 from edge_node.core.decoding import DecodingOptions, LogitRules, compression_ratio, initial_tokens, needs_fallback
@@ -14,8 +15,6 @@ from edge_node.core.tokenizer import Tokenizer, get_tokenizer
 from edge_node.core.vad_rules import SpeechSegment, VadOptions, segments_from_probs
 from edge_node.core.windows import Window, plan_windows
 from edge_node.engine.config import AudioContextPolicy
-
-whisper_tokenizer = pytest.importorskip("whisper.tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,9 @@ def test_initial_tokens_with_prompt(tok: Tokenizer) -> None:
 def test_timestamp_rules_follow_openai_whisper(tok: Tokenizer) -> None:
     """Same masks as whisper's ApplyTimestampRules/SuppressBlank/SuppressTokens on the same token
     histories."""
-    torch = pytest.importorskip("torch")
-    decoding = pytest.importorskip("whisper.decoding")
+    import torch
+    import whisper.decoding as decoding
+
     ref_tok = whisper_tokenizer.get_tokenizer(multilingual=False)
     begin = 1
     ours = LogitRules(tok, DecodingOptions(), begin)

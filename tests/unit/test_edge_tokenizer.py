@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import whisper.tokenizer as whisper_tokenizer
 
 from edge_node.core.tokenizer import get_tokenizer
 from shared.errors import UserError
-
-whisper_tokenizer = pytest.importorskip("whisper.tokenizer")
 
 
 @pytest.fixture(scope="module")
