@@ -9,7 +9,7 @@ from tests.prereq import require
 
 def test_missing_prerequisite_fails_not_skips() -> None:
     require(True, "present")
-    with pytest.raises(pytest.fail.Exception, match="mosquitto_passwd is not installed.*setup is broken"):
+    with pytest.raises(pytest.fail.Exception, match=r"mosquitto_passwd is not installed.*setup is broken"):
         require(None, "mosquitto_passwd is not installed")
     with pytest.raises(pytest.fail.Exception):
         require([], "no music files")
