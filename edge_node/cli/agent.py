@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_node.core.desired_state import ParamsBox
 from shared.fsutil import read_secret
 from shared.net import parse_host_port
 
@@ -54,6 +53,7 @@ def agent_config_from_args(args: argparse.Namespace, env: dict[str, str] | None 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from edge_node.adapters.mqtt_agent import DeviceAgent  # paho, as above
+    from edge_node.core.desired_state import ParamsBox  # pydantic's fleet schema: not for other commands
 
     config = agent_config_from_args(args)
     stop = threading.Event()

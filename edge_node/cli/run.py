@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_node.adapters.cloud_client import CloudClientConfig, read_token
-from edge_node.adapters.mqtt_agent import AgentConfig
 from edge_node.core.escalation_policy import EscalationPolicy
-from edge_node.daemon.config import DaemonConfig
-from edge_node.daemon.daemon import EdgeDaemon
-from edge_node.daemon.outbox import OutboxLimits
 from edge_node.engine.config import DEFAULT_MODEL_DIR, EdgeConfig
 from shared.errors import UserError
 from shared.fsutil import read_secret
 from shared.net import parse_host_port
-from shared.wire_audio import WireEncoding
 
+if TYPE_CHECKING:
+    from edge_node.adapters.mqtt_agent import AgentConfig
+    from edge_node.daemon.config import DaemonConfig
+
+# The daemon, the MQTT agent (paho, the fleet schema), the gRPC client and the outbox are imported by the
+# functions that use them: `edge-node` parses its command line for every command, and `transcribe` or `--help`
+# should not pay ~0.5 s for them.
 
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="the edge daemon: transcribe a source, escalate doubtful segments to the cloud")
@@ -61,6 +62,11 @@ def add_run_parser(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:
+    from edge_node.adapters.cloud_client import CloudClientConfig, read_token
+    from edge_node.daemon.config import DaemonConfig
+    from edge_node.daemon.outbox import OutboxLimits
+    from shared.wire_audio import WireEncoding
+
     if args.source != "-" and not Path(args.source).exists():
         raise UserError(f"--source {args.source}: no such file or directory")
     if args.beam is not None and not 1 <= args.beam <= 16:
@@ -92,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 
 def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> AgentConfig:
+    from edge_node.adapters.mqtt_agent import AgentConfig
+
     host, port = parse_host_port(args.mqtt, what="--mqtt")
     password = read_secret(args.mqtt_password_file) if args.mqtt_password_file else None
     try:
@@ -105,4 +113,6 @@ def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> AgentConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_node.daemon.daemon import EdgeDaemon
+
     return EdgeDaemon(config_from_args(args)).run()
