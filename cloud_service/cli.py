@@ -9,8 +9,10 @@ from pathlib import Path
 
 from cloud_service import config as c
 from cloud_service.config import CloudConfig, TlsConfig
+from shared.cli import add_redis_options, redis_url
 from shared.errors import UserError
 from shared.fsutil import read_secret
+from shared.net import INSECURE_HELP, require_tls
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -19,7 +21,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA+fp16 if present, else CPU fp32), cpu, cuda:0")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
-    p.add_argument("--redis", default=os.environ.get("CLOUD_REDIS_URL"), help="redis://HOST:PORT/DB")
+    add_redis_options(p, "CLOUD_REDIS_URL")
     p.add_argument("--result-ttl-s", type=int, default=c.DEFAULT_RESULT_TTL_S)
     p.add_argument("--max-audio-s", type=float, default=c.DEFAULT_MAX_AUDIO_S)
     p.add_argument("--fleet", default="default", help="fleet name in MQTT topics")
@@ -34,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the gRPC EscalationService")
     _common(s)
-    s.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT (default 0.0.0.0:50051)")
+    s.add_argument("--listen", default=c.DEFAULT_LISTEN,
+                   help=f"HOST:PORT (default {c.DEFAULT_LISTEN}); a non-loopback address needs --tls-cert and "
+                   "--tls-key, or --insecure")
     s.add_argument("--max-batch", type=int, default=c.DEFAULT_MAX_BATCH)
     s.add_argument("--max-wait-ms", type=float, default=c.DEFAULT_MAX_WAIT_MS)
     s.add_argument("--queue-size", type=int, default=c.DEFAULT_QUEUE_SIZE)
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="CA for client certificates: turns on mTLS")
     s.add_argument("--grace-s", type=float, default=5.0, help="time in-flight RPCs get on SIGTERM")
+    s.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
 
     w = sub.add_parser("worker", help="decode Submit jobs from the Redis Stream, publish results to MQTT")
     _common(w)
@@ -65,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--mqtt-password-file", type=Path, help="file holding the broker password")
     w.add_argument("--mqtt-tls-ca", type=Path, help="CA certificate: connect to the broker with TLS")
     w.add_argument("--heartbeat-file", type=Path, help="touched every loop (container health checks)")
+    w.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     return p
 
 
@@ -94,6 +100,9 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if getattr(args, "mqtt_host", None):  # at start-up, before the model loads
+        require_tls(args.mqtt_host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure,
+                    what=f"--mqtt-host {args.mqtt_host}", tls_flag="--mqtt-tls-ca")
     return CloudConfig(
         model=args.model,
         models_root=Path(args.models_root),
@@ -104,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),
         queue_size=getattr(args, "queue_size", c.DEFAULT_QUEUE_SIZE),
         max_audio_s=args.max_audio_s,
-        redis_url=args.redis,
+        redis_url=redis_url(args),
         result_ttl_s=args.result_ttl_s,
         rate_limit_per_min=getattr(args, "rate_limit", c.DEFAULT_RATE_LIMIT_PER_MIN),
         auth=not getattr(args, "no_auth", False),
@@ -117,11 +126,13 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         claim_min_idle_ms=getattr(args, "claim_min_idle_ms", c.DEFAULT_CLAIM_MIN_IDLE_MS),
         mqtt_host=getattr(args, "mqtt_host", None),
         mqtt_user=getattr(args, "mqtt_user", None),
-        mqtt_password=read_secret(args.mqtt_password_file) if getattr(args, "mqtt_password_file", None) else None,
+        mqtt_password=read_secret(args.mqtt_password_file, "the MQTT password file")
+        if getattr(args, "mqtt_password_file", None) else None,
         mqtt_tls_ca=getattr(args, "mqtt_tls_ca", None),
         heartbeat_file=getattr(args, "heartbeat_file", None),
         mqtt_port=getattr(args, "mqtt_port", 1883),
         grace_s=getattr(args, "grace_s", 5.0),
+        insecure=args.insecure,
     )
 
 

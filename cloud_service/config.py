@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shared.errors import UserError
+from shared.net import is_loopback, target_host
+
+log = logging.getLogger(__name__)
 
 # Defaults, named so the CLI, the docs and the tests agree on them.
 DEFAULT_MAX_BATCH = 8
@@ -17,6 +23,7 @@ DEFAULT_GROUP = "asr-workers"
 DEFAULT_CLAIM_MIN_IDLE_MS = 60_000  # a job pending this long belongs to a dead worker
 DEFAULT_WORKER_BATCH = 8
 DEFAULT_REDIS_RETRY_S = 2.0  # while Redis is down, try it again at most this often
+DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: serving the network is a decision (TLS, or --insecure)
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,8 @@ class CloudConfig:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_audio_s: float = DEFAULT_MAX_AUDIO_S
-    redis_url: str | None = None  # None: no dedup, no registry (then auth must be off)
+    # May hold a password, so not in repr. None: no dedup, no registry (then auth must be off).
+    redis_url: str | None = field(default=None, repr=False)
     redis_retry_s: float = DEFAULT_REDIS_RETRY_S
     result_ttl_s: int = DEFAULT_RESULT_TTL_S
     rate_limit_per_min: int = DEFAULT_RATE_LIMIT_PER_MIN  # 0: unlimited
@@ -57,6 +65,7 @@ class CloudConfig:
     mqtt_tls_ca: Path | None = None  # set: TLS to the broker, verifying it against this CA
     heartbeat_file: Path | None = None  # touched every loop: the container health check
     grace_s: float = 5.0  # graceful-shutdown time for in-flight RPCs
+    insecure: bool = False  # allow plaintext gRPC (serve) or MQTT (worker) off loopback (labs only)
 
     def checkpoint_path(self) -> Path:
         p = Path(self.model)
@@ -67,3 +76,19 @@ class CloudConfig:
     @property
     def artifacts_dir(self) -> Path:
         return self.models_root
+
+
+def check_listen(config: CloudConfig, address: str) -> None:
+    """Refuse to serve plaintext gRPC on a non-loopback `address` unless `config.insecure`; warn when it does,
+    and when device auth is off on one. Every server goes through this (`create_server`), not only the CLI's."""
+    if is_loopback(target_host(address)):  # HOST:PORT, [V6]:PORT; port 0 (any free one) is fine here
+        return
+    if config.tls is None:
+        if not config.insecure:
+            raise UserError(f"--listen {address} is not a loopback address: give --tls-cert and --tls-key (TLS), "
+                            f"or --insecure to serve plaintext (labs only)")
+        log.warning("--insecure: serving plaintext gRPC on %s; audio, transcripts and any device token cross the "
+                    "network unencrypted (edges refuse to send a token so)", address)
+    if not config.auth:
+        log.warning("--no-auth on %s: any client that reaches this address is served, no device token asked",
+                    address)

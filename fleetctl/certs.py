@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import UserError
+from shared.fsutil import SECRET_MODE, atomic_write
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,8 @@ class CertPlan:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    # Mode 0600 even when --force replaces a key file that had a looser mode.
+    atomic_write(path, pem, mode=SECRET_MODE)
 
 
 def _name(cn: str) -> x509.Name:

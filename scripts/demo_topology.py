@@ -21,6 +21,7 @@ from cloud_service.api.health import check
 from cloud_service.jobs.store import register_device as register
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.audio_files import load_audio
+from shared.fsutil import SECRET_MODE, atomic_write
 from shared.whisper_rules import DETECT
 from testkit.servers import MosquittoServer, RedisServer
 from testkit.wait import wait_until
@@ -149,9 +150,7 @@ def register_device(redis_url: str, device: str, token_file: Path) -> None:
             token = register(client, device)
     except (ValueError, redis.RedisError) as exc:
         raise StartError(f"register device {device}: {exc}") from None
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    atomic_write(token_file, (token + "\n").encode(), mode=SECRET_MODE)  # 0600 even over an older file
 
 
 def cloud_healthy(target: str) -> bool:

@@ -6,18 +6,24 @@ broker the same way. Everything else in `shared/` stays free of network I/O.
 
 `MqttSettings` says where and as whom to connect; `make_client` turns it into a configured, unconnected client:
 callback API version 2, MQTT 3.1.1, a clean session, credentials, TLS when a CA is given (verifying the broker,
-with a client certificate when one is given), reconnect backoff and an optional last will.
+with a client certificate when one is given), reconnect backoff and an optional last will. A broker that is not
+on loopback must be reached over TLS unless `insecure` says otherwise (`--insecure`, labs only): every MQTT
+client of the fleet is made here, so the rule holds for all of them.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from shared.net import is_loopback, require_tls
+
 Client = mqtt.Client
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,15 @@ class MqttSettings:
     keepalive_s: int = 30
     reconnect_min_s: int = 1  # paho doubles the delay after each failed attempt, up to the max
     reconnect_max_s: int = 10
+    insecure: bool = False  # allow plaintext to a broker that is not on loopback (labs only)
 
     def __post_init__(self) -> None:
         if (self.tls_cert or self.tls_key) and not self.tls_ca:
             raise ValueError("an MQTT client certificate needs TLS: give the broker's CA too")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("an MQTT client certificate needs both the certificate and its key")
+        require_tls(self.host, tls=self.tls_ca is not None, insecure=self.insecure,
+                    what=f"MQTT to the broker {self.host}:{self.port}", tls_flag="the broker's CA certificate")
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,9 @@ def make_client(settings: MqttSettings, will: Will | None = None) -> mqtt.Client
         clean_session=True,
     )
     if settings.username:
+        if settings.password and not settings.tls_ca and not is_loopback(settings.host):
+            log.warning("--insecure: the MQTT password for %s goes to %s in clear", settings.username,
+                        settings.host)
         client.username_pw_set(settings.username, settings.password)
     if settings.tls_ca:
         client.tls_set(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -10,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.errors import UserError, VerificationError
+from shared.fsutil import SECRET_MODE, atomic_write, warn_if_exposed
 
 PRIVATE_NAME = "operator.key"
 PUBLIC_NAME = "operator.pub"
@@ -28,14 +28,14 @@ def init_keypair(directory: Path, force: bool = False) -> tuple[Path, Path]:
     pub_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(priv_pem)
-    pub_path.write_bytes(pub_pem)
+    # A new file (write-then-rename) with mode 0600: with --force, an existing key that was 0644 ends 0600 too.
+    atomic_write(priv_path, priv_pem, mode=SECRET_MODE)
+    atomic_write(pub_path, pub_pem)
     return priv_path, pub_path
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    warn_if_exposed(path, "operator private key")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:

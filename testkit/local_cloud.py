@@ -27,6 +27,7 @@ import redis
 from cloud_service.jobs.store import register_device
 from shared.cli import run_cli, setup_logging
 from shared.errors import UserError
+from shared.fsutil import SECRET_MODE, atomic_write
 from testkit.servers import RedisServer, cloud_serve_cmd, free_port, port_open
 from testkit.wait import wait_until
 
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="local-cloud-")))
             target, token = stack.enter_context(local_cloud(args.model, tmp, args.device_id, args.threads))
-            fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
+            atomic_write(args.token_file, (token + "\n").encode(), mode=SECRET_MODE)  # 0600 over an old file too
             print(target, flush=True)
             stop = threading.Event()
             # SIGTERM or ^C: leave the with-block, which stops serve and Redis (a background job ignores SIGINT).

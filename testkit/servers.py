@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shared.fsutil import SECRET_MODE, atomic_write
 from testkit.wait import wait_until
 
 
@@ -84,15 +85,28 @@ class _Server:
 
 
 class RedisServer(_Server):
+    """`password`: the server requires it (`requirepass`, set in a 0600 config file, not on its command line);
+    `url` then carries it, as a client's --redis-url-file would."""
+
     binary = "redis-server"
+
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None) -> None:
+        super().__init__(workdir, port)
+        self.password = password
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
+        conf: list[str] = []
+        if self.password:
+            path = self.workdir / "redis.conf"
+            atomic_write(path, f"requirepass {self.password}\n".encode(), mode=SECRET_MODE)
+            conf = [str(path)]  # the config file comes first on redis-server's command line
         return [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            self.binary, *conf, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--save", "", "--appendonly", "no", "--protected-mode", "yes",
         ]
 

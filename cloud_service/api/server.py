@@ -23,10 +23,11 @@ from cloud_service.api.messages import job_fields, to_asr_request, to_response
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.batching import Batcher, DeadlineExpiredError, QueueFullError
 from cloud_service.asr.model import AsrModel, AsrRequest, AsrResult
-from cloud_service.config import CloudConfig
+from cloud_service.config import CloudConfig, check_listen
 from cloud_service.jobs.store import Store
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.errors import UserError
+from shared.fsutil import warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ _SERVICERS: weakref.WeakKeyDictionary[grpc.aio.Server, EscalationServicer] = wea
 def _credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
     if config.tls is None:
         return None
+    warn_if_exposed(config.tls.key_file, "TLS server key")
     try:
         key, cert = config.tls.key_file.read_bytes(), config.tls.cert_file.read_bytes()
         ca = config.tls.client_ca_file.read_bytes() if config.tls.client_ca_file else None
@@ -193,8 +195,10 @@ def create_server(
     from grpc_health.v1.health import aio as health_aio
     from grpc_reflection.v1alpha import reflection
 
+    check_listen(config, address)  # before the model loads: a refused address fails at once
     if config.auth and not config.redis_url:
-        raise UserError("device auth needs the registry in Redis: give --redis URL (or --no-auth for a lab)")
+        raise UserError("device auth needs the registry in Redis: give --redis-url-file FILE, $CLOUD_REDIS_URL or "
+                        "--redis URL (or --no-auth for a lab)")
     if asr is None:
         asr = AsrModel.from_config(config)
     store = Store(config.redis_url, config.result_ttl_s, config.redis_retry_s)

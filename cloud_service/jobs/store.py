@@ -15,6 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.errors import UserError
+from shared.net import redact_url
+
 if TYPE_CHECKING:
     import redis
 
@@ -88,13 +91,16 @@ def connect(url: str) -> Any:
     from redis.backoff import ConstantBackoff
     from redis.retry import Retry
 
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=SOCKET_TIMEOUT_S,
-        retry=Retry(ConstantBackoff(0.01), 1),
-        health_check_interval=0,
-    )
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(ConstantBackoff(0.01), 1),
+            health_check_interval=0,
+        )
+    except ValueError as exc:
+        raise UserError(f"bad Redis URL {redact_url(url)}: {exc}") from None
 
 
 class Store:

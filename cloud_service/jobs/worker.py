@@ -24,6 +24,7 @@ from cloud_service.jobs.store import STATS_KEY, published_key, result_key
 from proto.asr.v1 import asr_pb2
 from shared.errors import UserError
 from shared.mqtt import MqttSettings, make_client, start_async
+from shared.net import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def mqtt_settings(config: CloudConfig) -> MqttSettings | None:
     if not config.mqtt_host:
         return None
     return MqttSettings(host=config.mqtt_host, port=config.mqtt_port, client_id=f"asr-{config.consumer}",
-                        username=config.mqtt_user, password=config.mqtt_password, tls_ca=config.mqtt_tls_ca)
+                        username=config.mqtt_user, password=config.mqtt_password, tls_ca=config.mqtt_tls_ca,
+                        insecure=config.insecure)
 
 
 class MqttPublisher:
@@ -172,18 +174,21 @@ class StreamWorker:
 
     def run(self) -> None:
         """Work until `stop_event` is set (SIGTERM); the current batch always completes first."""
-        from redis.exceptions import ConnectionError
+        from redis.exceptions import ConnectionError, ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         self.ensure_group()
         log.info(
             "worker %s on stream %s, group %s", self.config.consumer, self.config.stream, self.config.group
         )
-        down = False
+        down = lost_group = False
         while not self.stop_event.is_set():
             if self.config.heartbeat_file:
                 self.config.heartbeat_file.touch()
             try:
+                if lost_group:
+                    self.ensure_group()
+                    lost_group = False
                 self.step()
                 if down:
                     log.warning("Redis is back")
@@ -198,6 +203,13 @@ class StreamWorker:
                     )
                     down = True
                 self.stop_event.wait(self.config.redis_retry_s)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back empty (restarted without persistence, or flushed): the group went with it.
+                log.warning("consumer group %s is gone (Redis restarted empty?); creating it again",
+                            self.config.group)
+                lost_group = True
 
 
 def _s(value: Any) -> str:
@@ -208,9 +220,13 @@ def run_worker(config: CloudConfig) -> None:
     import redis
 
     if not config.redis_url:
-        raise UserError("the worker needs --redis URL (the job stream lives there)")
+        raise UserError("the worker needs a Redis URL (the job stream lives there): --redis-url-file FILE, "
+                        "$CLOUD_REDIS_URL or --redis URL")
+    try:
+        client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
+    except ValueError as exc:
+        raise UserError(f"bad Redis URL {redact_url(config.redis_url)}: {exc}") from None
     asr = AsrModel.from_config(config)
-    client = redis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0, socket_timeout=10.0)
     settings = mqtt_settings(config)
     publisher = MqttPublisher(settings) if settings is not None else None
     worker = StreamWorker(config, asr, client, publisher)

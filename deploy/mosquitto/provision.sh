@@ -5,7 +5,8 @@
 #   provision.sh service NAME             make a service user (fleet-operator, fleet-controller, cloud-service)
 #
 # Environment: PASSWD (default /etc/mosquitto/fleet/passwd), ACL (default /etc/mosquitto/fleet/acl),
-# SECRETS (default ./secrets). Passwords are random, written to a 0600 file and never printed.
+# SECRETS (default ./secrets). Passwords are random, written to a 0600 file and never printed, nor put on any
+# command line (argv is visible to every user in ps): mosquitto_passwd reads them on its stdin.
 # Reload the broker afterwards (SIGHUP: `systemctl reload mosquitto`).
 set -euo pipefail
 
@@ -18,12 +19,16 @@ die() { echo "provision.sh: $*" >&2; exit 2; }
 check() { [[ $1 =~ $NAME_RE ]] || die "invalid $2 '$1': use 1-64 of A-Z a-z 0-9 _ . -"; }
 
 add_user() {  # add_user USER -> password in $SECRETS/USER.mqtt
-    local user=$1 secret
+    local user=$1 secret password
     mkdir -p "$SECRETS"
     secret="$SECRETS/$user.mqtt"
     (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$secret")
     [[ -f $PASSWD ]] || (umask 077; : > "$PASSWD")
-    mosquitto_passwd -b "$PASSWD" "$user" "$(cat "$secret")"
+    IFS= read -r password < "$secret"
+    # Without -b, mosquitto_passwd asks for the password twice on stdin; printf is a bash builtin, so the
+    # password is in no process's argv. Its prompts go to stdout (dropped); errors stay on stderr.
+    printf '%s\n%s\n' "$password" "$password" | mosquitto_passwd "$PASSWD" "$user" > /dev/null \
+        || die "mosquitto_passwd could not add $user to $PASSWD"
     echo "user $user: password written to $secret"
 }
 

@@ -1,7 +1,9 @@
 """The edge's gRPC client for the cloud's EscalationService: TLS, a bearer token, a deadline per call.
 
 `open_channel` and `call_metadata` are the edge's one way to reach the cloud over gRPC: the EscalationClient
-and the model updater's FetchModel downloads both use them.
+and the model updater's FetchModel downloads both use them. So the transport rules live here, for every caller:
+plaintext only to a loopback address unless the config says `insecure` (labs), and the bearer token never in
+clear to a non-loopback address, `insecure` or not.
 
 One attempt per call: retries are scheduled by the outbox sender with backoff and a circuit breaker, so a request
 waiting for a retry is on disk, not in memory.
@@ -15,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import UserError
-from shared.fsutil import read_secret
+from shared.fsutil import read_secret, warn_if_exposed
+from shared.net import is_loopback, require_tls, target_host
 from shared.wire_audio import SAMPLE_RATE, WireEncoding, encode
 
 if TYPE_CHECKING:
@@ -40,6 +43,11 @@ class CloudClientConfig:
     tls_cert: Path | None = None  # client certificate for mTLS
     tls_key: Path | None = None
     timeout_s: float = 30.0
+    insecure: bool = False  # allow plaintext to a non-loopback target (labs; a token is still never sent so)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
 
 
 CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20))
@@ -60,25 +68,44 @@ def audio_message(samples: np.ndarray, encoding: WireEncoding) -> asr_pb2.Audio:
                          data=encode(samples, encoding))
 
 
+def check_transport(target: str, config: CloudClientConfig | None) -> None:
+    """Refuse what `open_channel` must not open (UserError): plaintext to a non-loopback `target` without
+    `insecure`, and plaintext to one with a token in any case. The CLI calls it too, to fail at start-up."""
+    tls = config is not None and config.tls
+    host = target_host(target)
+    require_tls(host, tls=tls, insecure=config is not None and config.insecure,
+                what=f"gRPC to the cloud {target}", tls_flag="--tls-ca")
+    if config is not None and config.token and not tls and not is_loopback(host):
+        raise UserError(f"gRPC to the cloud {target}: the device token is never sent in clear to a non-loopback "
+                        f"address, --insecure or not; give --tls-ca (TLS)")
+
+
 def open_channel(target: str, config: CloudClientConfig | None = None) -> grpc.Channel:
     """A channel to `target` secured as `config` says: TLS when it names a CA or a client certificate (mTLS
-    with the certificate and key), keepalive and message-size options always; None: plaintext (labs, tests)."""
+    with the certificate and key), keepalive and message-size options always; None: plaintext, which only a
+    loopback target gets (labs, tests). `check_transport` says what is refused."""
     import grpc as g
 
+    check_transport(target, config)
     options = list(CHANNEL_OPTIONS)
-    if config is not None and (config.tls_ca or config.tls_cert):
+    if config is not None and config.tls:
         def read(p: Path | None) -> bytes | None:
             return p.read_bytes() if p else None
+
+        if config.tls_key:
+            warn_if_exposed(config.tls_key, "TLS client key")
 
         creds = g.ssl_channel_credentials(read(config.tls_ca), read(config.tls_key), read(config.tls_cert))
         return g.secure_channel(target, creds, options=options)
     return g.insecure_channel(target, options=options)
 
 
-def call_metadata(config: CloudClientConfig | None) -> tuple[tuple[str, str], ...]:
-    """The metadata every call carries: the device's bearer token, when one is configured."""
+def call_metadata(config: CloudClientConfig | None, target: str) -> tuple[tuple[str, str], ...]:
+    """The metadata every call to `target` carries: the device's bearer token, when one is configured. Checked
+    again here (not only when the channel opened), since the token is what must never travel in clear."""
     if config is None or not config.token:
         return ()
+    check_transport(target, config)
     return (("authorization", f"Bearer {config.token}"),)
 
 
@@ -96,7 +123,7 @@ class EscalationClient:
         self._config = config
         self._channel = open_channel(config.target, config)
         self._stub = asr_pb2_grpc.EscalationServiceStub(self._channel)
-        self._metadata = call_metadata(config)
+        self._metadata = call_metadata(config, config.target)
 
     def transcribe(
         self, request: asr_pb2.TranscribeRequest, timeout_s: float | None = None

@@ -12,7 +12,8 @@ reason):
    reference in the state dir (atomic write) so the device boots on it offline.
 
 The downloads go over `cloud_client.open_channel` with the device's `CloudClientConfig` (TLS, bearer token): the
-channel the escalations use. Without one (a lab server, a test stand-in) the channel is plaintext, with no token.
+channel the escalations use, with its rules (no plaintext off loopback, no token in clear), also for a server a
+desired-model message names. Without one (a lab server on loopback) the channel is plaintext, with no token.
 """
 
 from __future__ import annotations
@@ -170,10 +171,12 @@ class ModelUpdater:
         target = desired.fetch.grpc_target or self.config.grpc_target
         with open_channel(target, self._cloud) as channel:
             stub = asr_pb2_grpc.EscalationServiceStub(channel)
+            metadata = call_metadata(self._cloud, target)
             name, version = desired.fetch.name, desired.fetch.version
             manifest_path = staging / MANIFEST_NAME
             manifest_path.unlink(missing_ok=True)  # small: always fetched fresh, then pinned by its sha256
-            self._fetch_file(stub, name, version, MANIFEST_NAME, manifest_path, expected_size=None)
+            self._fetch_file(stub, name, version, MANIFEST_NAME, manifest_path, expected_size=None,
+                             metadata=metadata)
             got = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
             if got != desired.manifest_sha256:
                 raise VerificationError(f"{MANIFEST_NAME}: sha256 {got[:12]}… is not the "
@@ -190,10 +193,12 @@ class ModelUpdater:
                     raise VerificationError(f"{MANIFEST_NAME}: unsafe path {rel!r}")
                 dest = staging / pure
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                self._fetch_file(stub, name, version, rel, dest, expected_size=int(info["size"]))
+                self._fetch_file(stub, name, version, rel, dest, expected_size=int(info["size"]),
+                                 metadata=metadata)
 
     def _fetch_file(self, stub: EscalationServiceStub, name: str, version: str, rel: str, dest: Path,
-                    expected_size: int | None) -> None:
+                    expected_size: int | None, *, metadata: tuple[tuple[str, str], ...]) -> None:
+        """Fetch one file into `dest`, resuming a partial one; `metadata` carries the token (`call_metadata`)."""
         import grpc
 
         from proto.asr.v1 import asr_pb2
@@ -208,8 +213,7 @@ class ModelUpdater:
             try:
                 request = asr_pb2.ModelRequest(name=name, version=version, file=rel, offset=offset)
                 with dest.open("ab") as f:
-                    for chunk in stub.FetchModel(request, timeout=self.config.call_timeout_s,
-                                                 metadata=call_metadata(self._cloud)):
+                    for chunk in stub.FetchModel(request, timeout=self.config.call_timeout_s, metadata=metadata):
                         if chunk.file and chunk.file != rel:
                             raise VerificationError(f"server sent {chunk.file!r} for {rel!r}")
                         if chunk.offset != f.tell():

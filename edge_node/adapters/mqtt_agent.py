@@ -59,22 +59,27 @@ class AgentConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     operator_pubkey: Path | None = None
-    require_signed: bool = True  # refuse unsigned desired state (see docs/mqtt.md)
+    require_signed: bool = True  # refuse unsigned desired state (see docs/mqtt.md); always, when a key is given
     keepalive_s: int = 30
     reconnect_min_s: int = 1  # paho doubles the delay after each failed attempt, up to the max
     reconnect_max_s: int = 30
     heartbeat_s: float = 30.0  # how often state (with counters) is republished
     tls_ca: Path | None = None  # set: connect with TLS, verifying the broker against this CA
+    insecure: bool = False  # allow plaintext to a broker that is not on loopback (labs only)
 
     def __post_init__(self) -> None:
         check_name(self.fleet, "fleet")
         check_name(self.device_id, "device id")
+        if self.operator_pubkey is not None and not self.require_signed:
+            # A key that is there but not insisted on would let an unsigned message through: never both.
+            raise ValueError("an operator public key is given, so unsigned desired state must be refused")
+        self.mqtt_settings()  # refuses plaintext to a non-loopback broker now, not on the network thread
 
     def mqtt_settings(self) -> MqttSettings:
         return MqttSettings(
             host=self.host, port=self.port, client_id=f"dev-{self.fleet}-{self.device_id}", username=self.username,
             password=self.password, tls_ca=self.tls_ca, keepalive_s=self.keepalive_s,
-            reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s,
+            reconnect_min_s=self.reconnect_min_s, reconnect_max_s=self.reconnect_max_s, insecure=self.insecure,
         )
 
 

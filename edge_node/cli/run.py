@@ -11,9 +11,10 @@ from edge_node.core.escalation_policy import EscalationPolicy
 from edge_node.engine.config import DEFAULT_MODEL_DIR, EdgeConfig
 from shared.errors import UserError
 from shared.fsutil import read_secret
-from shared.net import parse_host_port
+from shared.net import INSECURE_HELP, parse_host_port, require_tls
 
 if TYPE_CHECKING:
+    from edge_node.adapters.cloud_client import CloudClientConfig
     from edge_node.adapters.mqtt_agent import AgentConfig
     from edge_node.daemon.config import DaemonConfig
 
@@ -31,6 +32,7 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--tls-ca", type=Path, help="CA certificate: use TLS to the cloud")
     p.add_argument("--tls-cert", type=Path, help="client certificate (mTLS)")
     p.add_argument("--tls-key", type=Path, help="client key (mTLS)")
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--lang", default="en", help="the device's language, sent unless the segment looks foreign")
     p.add_argument("--state-dir", type=Path, default=Path("state"), help="outbox and progress (default ./state)")
     p.add_argument("--outbox-key-file", type=Path, help="AES-256 key file (default: STATE_DIR/outbox.key, "
@@ -55,14 +57,13 @@ def add_run_parser(sub: Any) -> None:
     m.add_argument("--mqtt-tls-ca", type=Path, help="CA certificate: connect to the broker with TLS")
     m.add_argument("--fleet", default="default")
     m.add_argument("--operator-pubkey", type=Path, help="operator Ed25519 public key: verifies pushed "
-                   "config and models (default keys/operator.pub when present)")
+                   "config and models (required with --mqtt)")
     p.add_argument("--keep-running", action="store_true", help="after a file or stdin ends, keep serving "
                    "instead of exiting once the outbox is drained")
     p.set_defaults(func=cmd_run)
 
 
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:
-    from edge_node.adapters.cloud_client import CloudClientConfig, read_token
     from edge_node.daemon.config import DaemonConfig
     from edge_node.daemon.outbox import OutboxLimits
     from shared.wire_audio import WireEncoding
@@ -71,20 +72,15 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise UserError(f"--source {args.source}: no such file or directory")
     if args.beam is not None and not 1 <= args.beam <= 16:
         raise UserError(f"--beam must be between 1 and 16, not {args.beam}")
-    cloud = None
-    if args.cloud:
-        if not args.token_file:
-            raise UserError("--cloud needs --token-file (the device's bearer token)")
-        cloud = CloudClientConfig(
-            target=args.cloud, device_id=args.device_id, token=read_token(args.token_file),
-            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, timeout_s=args.timeout,
-        )
+    cloud = _cloud_config(args) if args.cloud else None
     policy = EscalationPolicy(device_language=args.lang)
     if args.budget is not None:
         if not 0.0 <= args.budget <= 1.0:
             raise UserError(f"--budget is a share of audio seconds in [0, 1], not {args.budget}")
         policy = replace(policy, budget_fraction=args.budget)
-    pubkey = args.operator_pubkey or (Path("keys/operator.pub") if Path("keys/operator.pub").exists() else None)
+    # No implicit key (it used to be keys/operator.pub relative to the working directory, so a device started
+    # elsewhere took unsigned config): with a control plane the key is explicit, or the daemon does not start.
+    pubkey = args.operator_pubkey
     agent = _agent_config(args, pubkey) if args.mqtt else None
     edge = EdgeConfig(model_dir=args.model_dir, threads=args.threads, beam_size=args.beam,
                       initial_prompt=args.prompt, split_pause_s=args.split_pause if args.split_pause > 0 else None)
@@ -97,16 +93,36 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     )
 
 
+def _cloud_config(args: argparse.Namespace) -> CloudClientConfig:
+    from edge_node.adapters.cloud_client import CloudClientConfig, check_transport, read_token
+
+    if not args.token_file:
+        raise UserError("--cloud needs --token-file (the device's bearer token)")
+    cloud = CloudClientConfig(
+        target=args.cloud, device_id=args.device_id, token=read_token(args.token_file), tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, timeout_s=args.timeout, insecure=args.insecure,
+    )
+    check_transport(cloud.target, cloud)  # at start-up, not at the first escalation
+    return cloud
+
+
 def _agent_config(args: argparse.Namespace, pubkey: Path | None) -> AgentConfig:
     from edge_node.adapters.mqtt_agent import AgentConfig
 
+    if pubkey is None:
+        raise UserError("--mqtt needs --operator-pubkey FILE (the operator's Ed25519 public key): without it "
+                        "the device could not tell signed config and models from forged ones")
+    if not pubkey.is_file():
+        raise UserError(f"--operator-pubkey {pubkey}: no such file")
     host, port = parse_host_port(args.mqtt, what="--mqtt")
-    password = read_secret(args.mqtt_password_file) if args.mqtt_password_file else None
+    require_tls(host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure, what=f"--mqtt {args.mqtt}",
+                tls_flag="--mqtt-tls-ca")
+    password = read_secret(args.mqtt_password_file, "the MQTT password file") if args.mqtt_password_file else None
     try:
         return AgentConfig(
             fleet=args.fleet, device_id=args.device_id, state_dir=args.state_dir / "agent", host=host,
             port=port, username=args.mqtt_user or args.device_id, password=password,
-            operator_pubkey=pubkey, require_signed=pubkey is not None, tls_ca=args.mqtt_tls_ca,
+            operator_pubkey=pubkey, require_signed=True, tls_ca=args.mqtt_tls_ca, insecure=args.insecure,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

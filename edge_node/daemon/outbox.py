@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.errors import UserError
+from shared.fsutil import SECRET_MODE, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class PendingEntry:
 
 
 def load_key(path: Path) -> bytes:
-    """A 32-byte AES key: raw bytes, or 64 hex characters. Never logged."""
+    """A 32-byte AES key: raw bytes, or 64 hex characters. Never logged; a warning if others can read it."""
+    warn_if_exposed(path, "outbox key")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -77,7 +79,10 @@ def load_key(path: Path) -> bytes:
 
 def create_key(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # O_EXCL: never overwrite a key (the outbox sealed with it would become unreadable); fchmod: exactly 0600
+    # whatever the umask.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+    os.fchmod(fd, SECRET_MODE)
     with os.fdopen(fd, "w") as f:
         f.write(os.urandom(32).hex() + "\n")
 

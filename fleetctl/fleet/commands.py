@@ -1,7 +1,8 @@
 """`fleetctl` subcommands for the MQTT control plane: config set, model publish, rollback, status, controller.
 
-Common options: --broker HOST:PORT, --fleet NAME, --redis URL, --mqtt-user (or $FLEET_MQTT_USERNAME); the MQTT
-password comes from $FLEET_MQTT_PASSWORD_FILE / --mqtt-password-file or $FLEET_MQTT_PASSWORD, never argv.
+Common options: --broker HOST:PORT, --fleet NAME, --redis-url-file FILE (or $FLEET_REDIS_URL, or --redis URL),
+--mqtt-user (or $FLEET_MQTT_USERNAME); the MQTT password comes from $FLEET_MQTT_PASSWORD_FILE /
+--mqtt-password-file or $FLEET_MQTT_PASSWORD, never argv. A broker off loopback needs --tls-ca or --insecure.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from fleetctl.fleet.rollout import (
     rollback_config,
 )
 from fleetctl.fleet.store import FleetStore, connect_redis
+from shared.cli import add_redis_options, redis_url
 from shared.errors import UserError
 from shared.fleet_schema import DeviceState, all_states_topic, check_name, parse_payload, parse_topic
-from shared.net import parse_host_port
+from shared.net import INSECURE_HELP, parse_host_port, require_tls
 from shared.signing import load_private_key
 
 
@@ -40,11 +42,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--broker", default=os.environ.get("FLEET_BROKER", "127.0.0.1:1883"),
                    help="MQTT HOST:PORT")
     g.add_argument("--fleet", default=os.environ.get("FLEET_NAME", "default"))
-    g.add_argument("--redis", default=os.environ.get("FLEET_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    add_redis_options(g, "FLEET_REDIS_URL", default="redis://127.0.0.1:6379/0")
     g.add_argument("--mqtt-user", default=os.environ.get("FLEET_MQTT_USERNAME"))
     g.add_argument("--mqtt-password-file",
                    help="file holding the MQTT password (or $FLEET_MQTT_PASSWORD_FILE)")
     g.add_argument("--tls-ca", help="CA certificate: connect to the broker with TLS")
+    g.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
 
 
 def _signing(p: argparse.ArgumentParser) -> None:
@@ -56,13 +59,22 @@ def settings_from(args: argparse.Namespace) -> BrokerSettings:
     host, port = parse_host_port(args.broker, what="--broker")
     if args.fleet != "+":
         check_name(args.fleet, "fleet")
+    require_tls(host, tls=bool(args.tls_ca), insecure=args.insecure, what=f"--broker {args.broker}",
+                tls_flag="--tls-ca")  # the factory checks too; this names fleetctl's own flag
     return BrokerSettings(host=host, port=port, username=args.mqtt_user,
                           password=read_password(file=args.mqtt_password_file),
-                          tls_ca=Path(args.tls_ca) if args.tls_ca else None)
+                          tls_ca=Path(args.tls_ca) if args.tls_ca else None, insecure=args.insecure)
 
 
 def _store(args: argparse.Namespace) -> FleetStore:
-    return FleetStore(connect_redis(args.redis), args.fleet)
+    return FleetStore(connect_redis(_redis_url(args)), args.fleet)
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url = redis_url(args)
+    if not url:
+        raise UserError("give --redis-url-file FILE, $FLEET_REDIS_URL or --redis URL")
+    return url
 
 
 def _key(args: argparse.Namespace) -> Ed25519PrivateKey:
@@ -191,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_controller(args: argparse.Namespace) -> int:
     stop = threading.Event()
     install_stop_handler(stop)
-    run_controller(settings_from(args), connect_redis(args.redis), args.fleet, stop)
+    run_controller(settings_from(args), connect_redis(_redis_url(args)), args.fleet, stop)
     return 0
 
 

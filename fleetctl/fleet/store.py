@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.errors import UserError
 from shared.fleet_schema import Ack, DesiredConfig, DesiredModel, DeviceState, parse_payload
+from shared.net import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 def connect_redis(url: str) -> Any:
     import redis
 
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
     try:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
         client.ping()
+    except ValueError as exc:
+        raise UserError(f"bad Redis URL {redact_url(url)}: {exc}") from None
     except redis.RedisError as exc:
-        raise UserError(f"cannot reach Redis at {url.split('@')[-1]}: {exc}") from None
+        raise UserError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
     return client
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import stat
+from pathlib import Path
 
 import pytest
 import redis
 
 from cloud_service.jobs.store import DeviceExists, device_key, register_device
 from fleetctl.__main__ import main as fleetctl
+from shared.fsutil import SECRET_MODE, atomic_write
 from testkit.servers import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -54,3 +57,29 @@ def test_fleetctl_device_add_prints_the_token_once(redis_server: RedisServer,
     assert capsys.readouterr().out.strip() != token
     assert fleetctl(["device", "add", "bad name"]) == 2
     assert "bad device id" in capsys.readouterr().err
+
+
+def test_device_add_takes_a_password_url_from_a_file_and_writes_the_token_0600(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    password = "redis-Pw-from-a-file"
+    server = RedisServer(tmp_path / "redis", password=password)
+    server.start()
+    try:
+        url_file = tmp_path / "redis-url"
+        atomic_write(url_file, (server.url + "\n").encode(), mode=SECRET_MODE)
+        out = tmp_path / "dev-3.token"
+        out.write_text("an old token\n")
+        out.chmod(0o644)  # e.g. made by hand earlier: the new token must not inherit the mode
+        assert fleetctl(["device", "add", "dev-3", "--redis-url-file", str(url_file), "--out", str(out)]) == 0
+        printed = capsys.readouterr()
+        token = out.read_text().strip()
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600 and token.startswith("dev-3.")
+        assert token not in printed.out + printed.err and password not in printed.out + printed.err
+        assert _stored(redis.Redis.from_url(server.url), "dev-3")["token_sha256"] == _sha(token)
+        # A wrong password is refused by the real server, and the error shows neither password.
+        wrong = f"redis://:not-{password}@127.0.0.1:{server.port}/0"
+        assert fleetctl(["device", "add", "dev-4", "--redis", wrong]) == 2
+        err = capsys.readouterr().err
+        assert "cannot reach Redis at redis://***@127.0.0.1" in err and password not in err
+    finally:
+        server.stop()

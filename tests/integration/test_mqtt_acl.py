@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -124,3 +125,39 @@ def test_device_cannot_touch_other_devices_topics(secured: tuple[MosquittoServer
     assert {t for t, _ in a.received} == wanted
     for c in (op, a):
         c.close()
+
+
+def test_provision_keeps_passwords_off_argv_and_the_broker_accepts_them(tmp_path: Path) -> None:
+    real = shutil.which("mosquitto_passwd")
+    require(real is not None, "mosquitto_passwd is not installed")
+    # A wrapper on PATH records every mosquitto_passwd command line (what `ps` would show), then runs the real one.
+    shim, argv_log = tmp_path / "bin", tmp_path / "argv.log"
+    shim.mkdir()
+    (shim / "mosquitto_passwd").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{argv_log}"\nexec {real} "$@"\n')
+    (shim / "mosquitto_passwd").chmod(0o755)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    shutil.copy(DEPLOY / "acl", conf / "acl")
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PASSWD": str(conf / "passwd"),
+           "ACL": str(conf / "acl"), "SECRETS": str(tmp_path / "s")}
+    for args in (["device", "lab", "dev-a"], ["service", "cloud-service"]):
+        subprocess.run(["bash", str(DEPLOY / "provision.sh"), *args], env=env, capture_output=True, text=True,
+                       check=True)
+    passwords = {p.stem: p.read_text().strip() for p in (tmp_path / "s").iterdir()}
+    calls = argv_log.read_text().splitlines()
+    assert len(calls) == 2 and not any(" -b " in f" {c} " for c in calls), calls
+    assert not any(pw in c for pw in passwords.values() for c in calls)
+    assert stat.S_IMODE((conf / "passwd").stat().st_mode) == 0o600
+    assert all(line.split(":", 1)[1].startswith("$7$") for line in (conf / "passwd").read_text().splitlines())
+
+    extra = f"allow_anonymous false\npassword_file {conf / 'passwd'}\nacl_file {conf / 'acl'}\n"
+    server = MosquittoServer(tmp_path / "mosquitto", extra_conf=extra)
+    server.start()
+    try:
+        for user, password in passwords.items():
+            ok, bad = Client(server.port, user, password), Client(server.port, user, password + "x")
+            assert not ok.refused and bad.refused, user
+            ok.close()
+            bad.close()
+    finally:
+        server.stop()
