@@ -1,4 +1,8 @@
-"""Audio for tests on either side: installed Asterisk prompts and wire-audio messages built from them."""
+"""Audio for tests on either side: Asterisk prompts (checked in, or installed) and wire-audio messages built from them.
+
+Unit tests use `data_prompts`: a few prompts copied into tests/data/asterisk (see its README for the licence), so they
+need no apt package. Integration tests may use the installed packages (`need_prompts`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,21 @@ import soundfile as sf
 from evaluation import asterisk
 from proto.asr.v1 import asr_pb2
 from tests.prereq import require
+
+DATA = Path(__file__).resolve().parent / "data" / "asterisk"
+
+
+def data_prompts(lang: str = "en") -> list[asterisk.Prompt]:
+    """The checked-in prompts of `lang`, sorted by id, with their transcripts (tests/data/asterisk/transcripts.txt)."""
+    found = []
+    for line in (DATA / "transcripts.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith(";") or ":" not in line:
+            continue
+        name, text = (part.strip() for part in line.split(":", 1))
+        prompt_lang, prompt_id = name.split("/", 1)
+        if prompt_lang == lang:
+            found.append(asterisk.Prompt(prompt_id, lang, text, DATA / lang / f"{prompt_id}.wav"))
+    return sorted(found, key=lambda p: p.id)
 
 
 def need_prompts(lang: str) -> list[asterisk.Prompt]:

@@ -1,4 +1,4 @@
-"""Wire audio decoding: real Asterisk recordings in every encoding; bad audio refused with a clear message."""
+"""Wire audio decoding: real Asterisk recordings (tests/data) in every encoding; bad audio refused with a reason."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 
 from cloud_service.asr.audio_codec import SAMPLE_RATE, AudioError, DecodedAudio, Encoding, decode_audio
 from proto.asr.v1 import asr_pb2
-from tests.audio_fixtures import encoded_audio, need_prompts, pcm16_audio
+from tests.audio_fixtures import data_prompts, encoded_audio, pcm16_audio
 
 
 @pytest.fixture(scope="module")
 def wav() -> Path:
-    return need_prompts("en")[0].wav
+    return data_prompts("en")[0].wav
 
 
 def _decode(audio: asr_pb2.Audio, max_s: float = 30.0) -> DecodedAudio:

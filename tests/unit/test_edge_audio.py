@@ -1,4 +1,4 @@
-"""Audio front end: decoding, resampling, and the numpy log-mel against openai-whisper's on real prompts."""
+"""Audio front end: decoding, resampling, and the numpy log-mel against openai-whisper's on tests/data's prompts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from evaluation import asterisk
 from shared import audio, audio_files
 from shared.errors import UserError
+from tests.audio_fixtures import data_prompts
 from tests.prereq import require
 
 # Same samples in: our numpy STFT/mel vs whisper's torch one differ only by float32 rounding.
@@ -19,15 +20,14 @@ LOG_MEL_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def prompts() -> list[asterisk.Prompt]:
-    require(asterisk.available("en"), "Asterisk English prompts are not installed")
-    return asterisk.prompts("en", min_words=4)[:6]
+    return data_prompts("en")
 
 
 def test_log_mel_matches_openai_whisper(prompts: list[asterisk.Prompt]) -> None:
     import torch
     import whisper
     filters = np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz")["mel_80"]
-    for p in prompts:
+    for p in [*prompts, *data_prompts("es"), *data_prompts("fr")]:
         samples = audio_files.load_audio(p.wav)
         assert samples.dtype == np.float32 and samples.ndim == 1
         ref = whisper.log_mel_spectrogram(torch.from_numpy(samples), padding=audio.N_SAMPLES).numpy()
@@ -56,7 +56,6 @@ def test_load_resamples_8k_to_16k_mono(prompts: list[asterisk.Prompt]) -> None:
 def test_gsm_goes_through_ffmpeg(prompts: list[asterisk.Prompt]) -> None:
     require(shutil.which("ffmpeg"), "ffmpeg is not installed")
     gsm = prompts[0].with_ext(".gsm")
-    require(gsm.exists(), "GSM prompts are not installed")
     samples = audio_files.load_audio(gsm)
     wav = audio_files.load_audio(prompts[0].wav)
     assert abs(len(samples) - len(wav)) < audio.SAMPLE_RATE // 10

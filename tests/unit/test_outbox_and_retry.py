@@ -13,7 +13,7 @@ from edge_node.daemon.outbox import Outbox, OutboxLimits, create_key, load_key
 from edge_node.daemon.retry import BackoffPolicy, BreakerPolicy, BreakerState, CircuitBreaker
 from shared.errors import UserError
 from shared.wire_audio import WireEncoding, encode
-from tests.prereq import require
+from tests.audio_fixtures import data_prompts
 
 
 @pytest.fixture()
@@ -142,9 +142,7 @@ def test_edge_encoding_roundtrips_through_the_cloud_decoder(enc: WireEncoding) -
     from cloud_service.asr.audio_codec import Encoding, decode_audio
     from shared.audio_files import load_audio
 
-    wav = Path("/usr/share/asterisk/sounds/en_US_f_Allison/vm-goodbye.wav")
-    require(wav.exists(), "Asterisk English prompts not installed")
-    audio = load_audio(wav)
+    audio = load_audio(data_prompts("en")[0].wav)
     data = encode(audio, enc)
     back = decode_audio(Encoding[enc.name], 16000, data, max_seconds=30.0)
     if enc is WireEncoding.OPUS:
