@@ -9,6 +9,8 @@ PKGS=(
   # The transcripts (core-sounds-*.txt.gz) are in these, not in the -wav packages, and
   # --no-install-recommends would skip them.
   asterisk-core-sounds-en asterisk-core-sounds-es asterisk-core-sounds-fr
+  # The compose file is validated by the tests; make compose-test and fresh-check add docker.io and debootstrap.
+  docker-compose
 )
 missing=()
 for p in "${PKGS[@]}"; do

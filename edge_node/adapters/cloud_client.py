@@ -50,7 +50,10 @@ class CloudClientConfig:
         return bool(self.tls_ca or self.tls_cert)
 
 
-CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20))
+# gRPC's own reconnect backoff grows to 120 s by default: after a cloud restart a device would wait up to two
+# minutes before its outbox could drain. 10 s at most (the outbox sender adds its own jittered backoff on top).
+CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20),
+                   ("grpc.initial_reconnect_backoff_ms", 1_000), ("grpc.max_reconnect_backoff_ms", 10_000))
 
 
 def read_token(path: Path) -> str:

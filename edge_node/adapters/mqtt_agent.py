@@ -101,8 +101,12 @@ class DeviceAgent:
         params: ParamsTarget,
         models: ModelInstaller | None = None,
         counters: Callable[[], Mapping[str, float]] | None = None,
+        boot_model: tuple[str, str] | None = None,
     ) -> None:
+        """`boot_model`: (name, version) of the artifact the device started on, reported until a rollout
+        installs another, so an operator sees every device's model before the first rollout too."""
         self.config = config
+        self._boot_model = boot_model
         self._params = params
         self._models = models
         self._counters = counters or (lambda: {})
@@ -301,8 +305,8 @@ class DeviceAgent:
         return DeviceState.model_validate({
             "fleet": self.config.fleet, "device": self.config.device_id, "online": online,
             "config_version": self.rec.config_version,
-            "model_name": installed.name if installed else None,
-            "model_version": installed.model_version if installed else None,
+            "model_name": installed.name if installed else (self._boot_model or (None, None))[0],
+            "model_version": installed.model_version if installed else (self._boot_model or (None, None))[1],
             "model_seq": installed.version if installed else 0,
             "counters": dict(self._counters()), "last_seen": time.time(),
         })

@@ -35,6 +35,8 @@ from edge_node.daemon.sources import AudioChunk, ProcessedLog, read_file, read_p
 from edge_node.engine.transcriber import EdgeTranscriber, Segment
 from proto.asr.v1 import asr_pb2
 from shared import audio
+from shared.errors import UserError
+from shared.manifest import read_manifest
 from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)
@@ -207,8 +209,16 @@ class EdgeDaemon:
                               grpc_target=self.config.cloud.target),
                 self.hotswap, load_public_key(self.config.operator_pubkey), cloud=self.config.cloud,
             )
-        self.agent = DeviceAgent(self.config.agent, self.hotswap, updater, counters=self._state_counters)
+        self.agent = DeviceAgent(self.config.agent, self.hotswap, updater, counters=self._state_counters,
+                                 boot_model=self._boot_model())
         self.agent.start()
+
+    def _boot_model(self) -> tuple[str, str] | None:
+        try:
+            manifest = read_manifest(self.config.edge.model_dir)
+        except (OSError, UserError, ValueError):
+            return None  # an unsigned lab model directory: nothing to report
+        return manifest.name, manifest.version
 
     def _state_counters(self) -> dict[str, float]:
         seen = max(1, self.counters["segments"])

@@ -18,17 +18,11 @@ if ! docker image inspect "$FRESH_IMAGE" >/dev/null 2>&1; then
         "$BASE_IMAGE" | docker build --network host -q -t "$FRESH_IMAGE" - >/dev/null
 fi
 
-mounts=(-v "$ROOT:/src:ro" -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-for path in /etc/pip.conf /etc/xdg/pip /opt/wheels /opt/pypi /opt/pypi-more; do
-    [ -e "$path" ] && mounts+=(-v "$path:$path:ro")
-done
-envs=(-e PIP_CERT=/etc/ssl/certs/ca-certificates.crt -e PIP_DISABLE_PIP_VERSION_CHECK=1 -e PIP_DEFAULT_TIMEOUT=180)
-[ -d /opt/wheels ] && envs+=(-e PIP_FIND_LINKS=/opt/wheels)
-
+pip_mounts
 name=whisper-fleet-fresh-$$
 docker rm -f "$name" >/dev/null 2>&1 || true
 if [ "${FRESH_KEEP:-0}" != 1 ]; then trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT; fi
-docker run -d --name "$name" --network host "${mounts[@]}" "${envs[@]}" "$FRESH_IMAGE" sleep infinity >/dev/null
+docker run -d --name "$name" --network host -v "$ROOT:/src:ro" "${PIP_MOUNTS[@]}" "${PIP_ENVS[@]}" "$FRESH_IMAGE" sleep infinity >/dev/null
 log "fresh: container $name; cloning $(git -C "$ROOT" rev-parse --short HEAD) (committed work only)"
 docker exec "$name" git -c safe.directory='*' clone -q /src /root/whisper-fleet
 

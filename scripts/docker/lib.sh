@@ -70,3 +70,17 @@ ensure_base_images() {
             -f "$ROOT/deploy/base.Dockerfile" "$ROOT/deploy" >/dev/null
     fi
 }
+
+# This machine's pip configuration for a container (read-only): pip.conf, the constraints, the local wheel stores
+# and the CA bundle the registries' TLS chain needs. Sets the arrays PIP_MOUNTS and PIP_ENVS.
+pip_mounts() {
+    PIP_MOUNTS=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
+    local path
+    for path in /etc/pip.conf /etc/xdg/pip /opt/wheels /opt/pypi /opt/pypi-more; do
+        [ -e "$path" ] && PIP_MOUNTS+=(-v "$path:$path:ro")
+    done
+    PIP_ENVS=(-e PIP_CERT=/etc/ssl/certs/ca-certificates.crt -e PIP_DISABLE_PIP_VERSION_CHECK=1
+              -e PIP_DEFAULT_TIMEOUT=180)
+    [ -d /opt/wheels ] && PIP_ENVS+=(-e PIP_FIND_LINKS=/opt/wheels)
+    return 0
+}
