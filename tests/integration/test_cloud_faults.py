@@ -64,6 +64,9 @@ def test_keeps_serving_without_redis_and_recovers(
         outage_logs = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
         assert len(outage_logs) == 1, [r.getMessage() for r in caplog.records]
         redis_server.start()  # same port, empty (no persistence)
+        # The registry went with it: register again (the old token's cache entry may have expired meanwhile
+        # on a slow machine, which would make this an UNAUTHENTICATED test of timing, not of recovery).
+        token = register_device(redis_server.url, "dev-f")
         time.sleep(srv.config.redis_retry_s + 0.1)
         back = stub.Transcribe(_req("f-3", wav), metadata=bearer(token), timeout=120)
         assert not back.cached
