@@ -44,14 +44,18 @@ class Authenticator:
         device = token_device(token)
         if device is None:
             return None
+        digest = hash_token(token)
         stored = await self._stored_hash(device)
-        if stored is None:
-            return None
-        return device if hmac.compare_digest(stored, hash_token(token)) else None
+        if stored is not None and hmac.compare_digest(stored, digest):
+            return device
+        # A cached hash may be stale: the token was rotated (`device add --rotate`), or Redis came back empty
+        # and the device was registered again. Ask Redis once before refusing.
+        fresh = await self._stored_hash(device, use_cache=False)
+        return device if fresh is not None and fresh != stored and hmac.compare_digest(fresh, digest) else None
 
-    async def _stored_hash(self, device: str) -> str | None:
+    async def _stored_hash(self, device: str, use_cache: bool = True) -> str | None:
         cached = self._cache.get(device)
-        if cached is not None and time.monotonic() - cached[1] < CACHE_TTL_S:
+        if use_cache and cached is not None and time.monotonic() - cached[1] < CACHE_TTL_S:
             return cached[0]
         try:
             value = await self.store.token_hash(device)

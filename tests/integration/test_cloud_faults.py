@@ -23,6 +23,7 @@ from cloud_service.api.messages import job_fields
 from cloud_service.asr.model import AsrModel
 from cloud_service.config import CloudConfig
 from cloud_service.jobs.store import STATS_KEY, result_key
+from cloud_service.jobs.store import register_device as store_register
 from cloud_service.jobs.worker import MqttPublisher, StreamWorker
 from proto.asr.v1 import asr_pb2
 from shared.mqtt import MqttSettings
@@ -235,3 +236,26 @@ def test_cli_refuses_bad_config_in_one_line(tmp_path: Path) -> None:
         cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     assert proc.returncode == 2 and "device auth needs the registry in Redis" in proc.stderr
+
+
+def _fetch_code(stub: object, token: str) -> grpc.StatusCode:
+    """The status of a FetchModel for an artifact that does not exist: NOT_FOUND once authenticated."""
+    try:
+        list(stub.FetchModel(asr_pb2.ModelRequest(name="no-such-artifact", file="manifest.json"),  # type: ignore[attr-defined]
+                             metadata=bearer(token), timeout=30))
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_rotated_token_works_at_once_and_the_old_one_stops(base_asr: AsrModel,  # noqa: F811
+                                                             redis_server: RedisServer) -> None:
+    old = register_device(redis_server.url, "dev-r")
+    with ServerThread(cloud_config(redis_server.url), base_asr) as srv:
+        stub = srv.stub()
+        assert _fetch_code(stub, old) == grpc.StatusCode.NOT_FOUND  # authenticated, and now cached
+        with redis.Redis.from_url(redis_server.url) as client:
+            new = store_register(client, "dev-r", rotate=True)
+        # Within the cache's lifetime: the new token is checked against Redis, not refused on the stale hash.
+        assert _fetch_code(stub, new) == grpc.StatusCode.NOT_FOUND
+        assert _fetch_code(stub, old) == grpc.StatusCode.UNAUTHENTICATED
