@@ -111,7 +111,7 @@ async def _drive(
             for i in range(per_client):
                 data, rate = clips[(c * per_client + i) % len(clips)]
                 req = asr_pb2.TranscribeRequest(
-                    segment_id=f"{tag}-{c}-{i}",
+                    segment_id=f"bench-{tag}-{c}-{i}",  # ids start with the device id
                     device_id="bench",
                     language="en",
                     audio=asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=rate, data=data),

@@ -54,7 +54,7 @@ def wire_cost(target: str, token: str, n: int) -> dict[str, Any]:
         sent, seconds, errors, ref_words = 0, 0.0, 0, 0
         for i, (lang, ref, x) in enumerate(clips):
             msg = audio_message(x, enc)
-            req = pb.TranscribeRequest(segment_id=f"wire-{enc.value}-{i}-{time.time_ns()}", device_id=DEVICE,
+            req = pb.TranscribeRequest(segment_id=f"{DEVICE}-wire-{enc.value}-{i}-{time.time_ns()}", device_id=DEVICE,
                                        audio=msg, language=lang)
             resp = client.transcribe(req)
             sent += len(msg.data)

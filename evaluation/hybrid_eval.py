@@ -123,6 +123,8 @@ class Runner:
     def _send(self, segment_id: str, samples: np.ndarray, start: float, language: str) -> CloudAnswer:
         import hashlib
 
+        # The cloud accepts only segment ids that start with the device id and a dash.
+        segment_id = f"{self.cfg.device_id}-{segment_id}"
         req = _request(segment_id, self.cfg.device_id, samples, self.cfg.encoding, language, start)
         key = (hashlib.sha256(req.audio.data).hexdigest(), language)
         if key in self._asked:

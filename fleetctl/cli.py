@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from cloud_service.jobs.store import DeviceExists, check_device_id, register_device
+from cloud_service.api.limits import check_device_id
+from cloud_service.jobs.store import DeviceExists, register_device
 from fleetctl.certs import CertPlan, init_certs
 from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
 from fleetctl.models.build import BuildOptions, build_edge_artifact

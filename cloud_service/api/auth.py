@@ -7,6 +7,7 @@ hashed by the registry's owner, `cloud_service.jobs.store` (`register_device`, `
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import logging
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from cloud_service.api.limits import MAX_DEVICE_ID_CHARS
 from cloud_service.jobs.store import Store, hash_token
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,20 @@ CACHE_TTL_S = 30.0  # how long a looked-up hash is trusted without asking Redis 
 # Methods anyone may call: health checks (load balancers) and reflection (tooling).
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# The device the current RPC's token belongs to, set by the interceptor around the handler (each RPC runs in its
+# own task, so the value never leaks into another call). Handlers key state by it, not by the request body.
+_AUTHENTICATED: contextvars.ContextVar[str | None] = contextvars.ContextVar("authenticated_device", default=None)
+
+
+def authenticated_device() -> str | None:
+    """The device the current RPC was authenticated as; None with auth off (or outside an RPC)."""
+    return _AUTHENTICATED.get()
+
 
 def token_device(token: str) -> str | None:
     device, sep, secret = token.rpartition(".")
+    if len(device) > MAX_DEVICE_ID_CHARS:  # no registry entry can match: do not ask Redis about it
+        return None
     return device if sep and device and secret else None
 
 
@@ -115,7 +128,11 @@ def _wrap(handler: Any, device: str | None) -> Any:
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await _check(request, context, device)
-            return await inner_uu(request, context)
+            reset = _AUTHENTICATED.set(device)
+            try:
+                return await inner_uu(request, context)
+            finally:
+                _AUTHENTICATED.reset(reset)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
@@ -125,6 +142,7 @@ def _wrap(handler: Any, device: str | None) -> Any:
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await _check(request, context, device)
+            # FetchModel serves the same artifacts to every device: nothing keyed by the device to set here.
             async for item in inner_us(request, context):
                 yield item
 

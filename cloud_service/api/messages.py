@@ -17,11 +17,12 @@ def to_asr_request(req: asr_pb2.TranscribeRequest, asr: AsrModel, max_audio_s: f
 
 
 def to_response(
-    req: asr_pb2.TranscribeRequest, res: AsrResult, asr: AsrModel, queue_ms: float, total_ms: float
+    req: asr_pb2.TranscribeRequest, device: str, res: AsrResult, asr: AsrModel, queue_ms: float, total_ms: float
 ) -> asr_pb2.TranscribeResponse:
+    """The reply for `device`, the device the request was admitted for (not whatever its body claims)."""
     return asr_pb2.TranscribeResponse(
         segment_id=req.segment_id,
-        device_id=req.device_id,
+        device_id=device,
         text=res.text,
         language=res.language,
         segments=[
@@ -45,11 +46,15 @@ def to_response(
     )
 
 
-def job_fields(req: asr_pb2.TranscribeRequest, fleet: str, enqueued: float) -> dict[str, bytes | str]:
-    """The fields of one Redis Stream entry for a Submit job (read back by the worker)."""
+def job_fields(
+    req: asr_pb2.TranscribeRequest, fleet: str, enqueued: float, *, device: str
+) -> dict[str, bytes | str]:
+    """The fields of one Redis Stream entry for a Submit job (read back by the worker). `device` is the one the
+    request was authenticated as at admission: the worker keys the result and picks the topic by it."""
     return {
         "request": req.SerializeToString(),
         "fleet": fleet,
+        "device": device,
         "segment_id": req.segment_id,
         "enqueued": f"{enqueued:.3f}",
     }

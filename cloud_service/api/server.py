@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 
-from cloud_service.api import artifacts
-from cloud_service.api.auth import Authenticator, AuthInterceptor
+from cloud_service.api import artifacts, limits
+from cloud_service.api.auth import Authenticator, AuthInterceptor, authenticated_device
 from cloud_service.api.messages import job_fields, to_asr_request, to_response
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.batching import Batcher, DeadlineExpiredError, QueueFullError
@@ -35,6 +35,9 @@ SERVICE_NAME = asr_pb2.DESCRIPTOR.services_by_name["EscalationService"].full_nam
 GIL_SWITCH_INTERVAL_S = 0.0005
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # 30 s of 48 kHz PCM16 is 2.9 MB; leave room, refuse the absurd
 
+# (device, segment_id): a segment id is only unique within the device that made it.
+ResultKey = tuple[str, str]
+
 
 class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
     def __init__(self, config: CloudConfig, asr: AsrModel, store: Store) -> None:
@@ -44,7 +47,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
         self.batcher: Batcher[AsrRequest, AsrResult] = Batcher(
             asr.transcribe_batch, config.max_batch, config.max_wait_ms, config.queue_size, self._dropped
         )
-        self._inflight: dict[str, asyncio.Future[asr_pb2.TranscribeResponse]] = {}
+        self._inflight: dict[ResultKey, asyncio.Future[asr_pb2.TranscribeResponse]] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -56,19 +59,29 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
     def _dropped(self, n: int) -> None:
         self._spawn(self.store.incr("deadline_dropped", n))
 
-    async def _admit(self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext) -> None:
-        if not request.segment_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "segment_id is required (the idempotency key)"
-            )
-        if not request.device_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is required")
-        if not await self.store.allow(request.device_id, self.config.rate_limit_per_min):
+    async def _admit(self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext) -> str:
+        """Check lengths, ownership of the segment id and the rate, in that order (nothing touches Redis before
+        the fields are bounded). Returns the device the request is for: the namespace of its result."""
+        device = authenticated_device() if self.config.auth else request.device_id
+        if device is None:  # the interceptor refuses such calls first; never fall back to the body's claim
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no authenticated device for this call")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            limits.check_transcribe_request(request)
+            # With --no-auth nobody vouches for the device: the body's claim is all there is, checked the same.
+            limits.check_device_id(device)
+            limits.check_segment_owner(request.segment_id, device)
+        except ValueError as exc:
+            self._spawn(self.store.incr("invalid_argument"))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        if not await self.store.allow(device, self.config.rate_limit_per_min):
             self._spawn(self.store.incr("rate_limited"))
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"rate limit of {self.config.rate_limit_per_min} requests/min exceeded",
             )
+        return device
 
     async def _decode(
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
@@ -87,15 +100,15 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> asr_pb2.TranscribeResponse:
         started = time.perf_counter()
-        await self._admit(request, context)
-        seg = request.segment_id
-        stored = await self.store.get_result(seg)
+        device = await self._admit(request, context)
+        key = (device, request.segment_id)
+        stored = await self.store.get_result(*key)
         if stored is not None:
             self._spawn(self.store.incr("cached"))
             resp = asr_pb2.TranscribeResponse.FromString(stored)
             resp.cached = True
             return resp
-        running = self._inflight.get(seg)
+        running = self._inflight.get(key)
         if running is not None:  # the same segment is being decoded for another call right now
             resp = asr_pb2.TranscribeResponse()
             resp.CopyFrom(await asyncio.shield(running))
@@ -103,15 +116,15 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
             return resp
         asr_req = await self._decode(request, context)
         done: asyncio.Future[asr_pb2.TranscribeResponse] = asyncio.get_running_loop().create_future()
-        self._inflight[seg] = done
+        self._inflight[key] = done
         try:
             result, stats = await self.batcher.submit(asr_req, context.time_remaining())
             resp = to_response(
-                request, result, self.asr, stats.queue_ms, (time.perf_counter() - started) * 1000
+                request, device, result, self.asr, stats.queue_ms, (time.perf_counter() - started) * 1000
             )
             done.set_result(resp)
         except BaseException as exc:
-            del self._inflight[seg]
+            del self._inflight[key]
             if isinstance(exc, Exception):
                 done.set_exception(exc)
                 done.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
@@ -124,23 +137,23 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
             raise
         # Store after answering: until the write lands, a retry still finds the result in _inflight.
-        self._spawn(self._store_result(seg, resp))
+        self._spawn(self._store_result(key, resp))
         return resp
 
-    async def _store_result(self, seg: str, resp: asr_pb2.TranscribeResponse) -> None:
+    async def _store_result(self, key: ResultKey, resp: asr_pb2.TranscribeResponse) -> None:
         try:
-            await self.store.put_result(seg, resp.SerializeToString())
+            await self.store.put_result(*key, resp.SerializeToString())
             await self.store.incr("computed")
         finally:
-            self._inflight.pop(seg, None)
+            self._inflight.pop(key, None)
 
     async def Submit(
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> asr_pb2.SubmitResponse:
-        await self._admit(request, context)
+        device = await self._admit(request, context)
         await self._decode(request, context)  # refuse bad audio now, not in a worker later
         entry = await self.store.enqueue(
-            self.config.stream, job_fields(request, self.config.fleet, time.time())
+            self.config.stream, job_fields(request, self.config.fleet, time.time(), device=device)
         )
         if entry is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "job queue (Redis) unavailable; retry later")
@@ -150,6 +163,11 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
     async def FetchModel(
         self, request: asr_pb2.ModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[asr_pb2.ModelChunk]:
+        try:
+            limits.check_model_request(request)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
         try:
             art = artifacts.resolve(self.config.artifacts_dir, request.name, request.version, request.file)
         except artifacts.ArtifactNotFoundError as exc:

@@ -1,4 +1,4 @@
-"""Redis state of the cloud service: results by segment_id, the device registry, rate limits, counters, the
+"""Redis state of the cloud service: results by (device, segment_id), the device registry, rate limits, counters, the
 job stream. Redis is optional at run time: when it goes away every call degrades (no dedup, cached auth),
 the outage is logged once, and calls try Redis again every `retry_s` until it answers.
 
@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cloud_service.api.limits import check_device_id
 from shared.errors import UserError
 from shared.net import redact_url
 
@@ -30,12 +31,14 @@ STATS_KEY = "asr:stats"
 STREAM_MAXLEN = 100_000  # approximate cap on the job stream
 
 
-def result_key(segment_id: str) -> str:
-    return f"asr:result:{segment_id}"
+# Results are namespaced by the device the request was authenticated as: a segment id alone is only the device's
+# own idempotency key, and another device naming it must neither read nor plant that result.
+def result_key(device_id: str, segment_id: str) -> str:
+    return f"asr:result:{device_id}:{segment_id}"
 
 
-def published_key(segment_id: str) -> str:
-    return f"asr:published:{segment_id}"
+def published_key(device_id: str, segment_id: str) -> str:
+    return f"asr:published:{device_id}:{segment_id}"
 
 
 def device_key(device_id: str) -> str:
@@ -53,13 +56,6 @@ TOKEN_BYTES = 32  # the secret: 32 random bytes (URL-safe base64), so a plain sh
 
 class DeviceExists(ValueError):
     """The device is registered already and the caller did not ask to rotate its token."""
-
-
-def check_device_id(device_id: str) -> str:
-    """The id itself; ValueError when it cannot name a device (empty, or with spaces)."""
-    if not device_id or any(c.isspace() for c in device_id):
-        raise ValueError(f"bad device id {device_id!r}: it must be non-empty, without spaces")
-    return device_id
 
 
 def new_token(device_id: str) -> str:
@@ -145,14 +141,14 @@ class Store:
             self._down_since = None
         return value
 
-    async def get_result(self, segment_id: str) -> bytes | None:
-        return await self._call("get result", lambda r: r.get(result_key(segment_id)), None)
+    async def get_result(self, device_id: str, segment_id: str) -> bytes | None:
+        key = result_key(device_id, segment_id)
+        return await self._call("get result", lambda r: r.get(key), None)
 
-    async def put_result(self, segment_id: str, data: bytes) -> bool:
+    async def put_result(self, device_id: str, segment_id: str, data: bytes) -> bool:
         """Store a result unless one is there already (the first writer wins). True if stored."""
-        ok = await self._call(
-            "put result", lambda r: r.set(result_key(segment_id), data, nx=True, ex=self.result_ttl_s), None
-        )
+        key = result_key(device_id, segment_id)
+        ok = await self._call("put result", lambda r: r.set(key, data, nx=True, ex=self.result_ttl_s), None)
         return bool(ok)
 
     async def token_hash(self, device_id: str) -> str | None:

@@ -1,10 +1,12 @@
 """`cloud-service worker`: decode jobs from the Redis Stream in batches, exactly once per segment.
 
 Each round first reclaims entries another consumer has held longer than `claim_min_idle_ms` (XAUTOCLAIM: that
-worker died), then reads new ones (XREADGROUP), up to `worker_batch` entries decoded as one batch. A result
-is written with SET NX, so however many workers race for a job only one result and one completion count
-exist; then it is published to MQTT (QoS 1) and the entry is acknowledged (XACK). A crash between the
-publish and the "published" mark may publish twice, never zero times; subscribers dedupe by segment_id.
+worker died), then reads new ones (XREADGROUP), up to `worker_batch` entries decoded as one batch. Every job
+carries the device it was authenticated as at admission; its result and "published" mark are keyed by that
+device and the segment id, and it goes to that device's results topic. A result is written with SET NX, so
+however many workers race for a job only one result and one completion count exist; then it is published to
+MQTT (QoS 1) and the entry is acknowledged (XACK). A crash between the publish and the "published" mark may
+publish twice, never zero times; subscribers dedupe by segment_id.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cloud_service.api.limits import check_device_id, check_segment_owner, check_transcribe_request
 from cloud_service.api.messages import parse_request, to_asr_request, to_json, to_response
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.model import AsrModel
@@ -40,6 +43,32 @@ def results_topic(fleet: str, device: str) -> str:
 class Job:
     entry_id: str
     fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    job: Job
+    device: str  # recorded by the server at admission: the namespace of the result, never the body's claim
+    req: asr_pb2.TranscribeRequest
+
+
+def parse_job(job: Job) -> Parsed:
+    """The job's request and admitting device, checked as the server checked them. KeyError / ValueError for a
+    job no worker can use: malformed, or queued without its device."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        req = parse_request(job.fields[b"request"])
+    except DecodeError as exc:
+        raise ValueError(f"undecodable request: {exc}") from None
+    raw = job.fields.get(b"device")
+    if not raw:
+        raise ValueError("no authenticated device recorded at admission (queued by an older server?)")
+    device = raw.decode(errors="replace")
+    check_transcribe_request(req)
+    check_device_id(device)
+    check_segment_owner(req.segment_id, device)
+    return Parsed(job, device, req)
 
 
 def mqtt_settings(config: CloudConfig) -> MqttSettings | None:
@@ -122,52 +151,48 @@ class StreamWorker:
         todo = []
         for job in jobs:
             try:
-                req = parse_request(job.fields[b"request"])
+                p = parse_job(job)
             except (KeyError, ValueError) as exc:
                 log.error("dropping malformed job %s: %s", job.entry_id, exc)
                 self._ack(job)
                 continue
-            existing = self.redis.get(result_key(req.segment_id))
+            existing = self.redis.get(result_key(p.device, p.req.segment_id))
             if existing is not None:  # done already (a retry, or a worker that died after storing)
-                self._finish(job, req, None, existing)
+                self._finish(p, None, existing)
                 continue
             try:
-                todo.append((job, req, to_asr_request(req, self.asr, self.config.max_audio_s)))
+                todo.append((p, to_asr_request(p.req, self.asr, self.config.max_audio_s)))
             except (AudioError, ValueError) as exc:
-                log.error("dropping job %s (segment %s): %s", job.entry_id, req.segment_id, exc)
+                log.error("dropping job %s (segment %s): %s", job.entry_id, p.req.segment_id, exc)
                 self.redis.hincrby(STATS_KEY, "jobs_invalid", 1)
                 self._ack(job)
         if not todo:
             return
         t0 = time.perf_counter()
-        results = self.asr.transcribe_batch([a for _, _, a in todo])
+        results = self.asr.transcribe_batch([a for _, a in todo])
         log.info("decoded %d jobs in %.0f ms", len(todo), (time.perf_counter() - t0) * 1000)
-        for (job, req, _), res in zip(todo, results, strict=True):
-            enqueued = float(job.fields.get(b"enqueued", b"0") or 0)
+        for (p, _), res in zip(todo, results, strict=True):
+            enqueued = float(p.job.fields.get(b"enqueued", b"0") or 0)
             queue_ms = max(0.0, (time.time() - enqueued) * 1000 - res.inference_ms) if enqueued else 0.0
-            resp = to_response(req, res, self.asr, queue_ms, queue_ms + res.inference_ms)
-            self._finish(job, req, resp.SerializeToString(), None)
+            resp = to_response(p.req, p.device, res, self.asr, queue_ms, queue_ms + res.inference_ms)
+            self._finish(p, resp.SerializeToString(), None)
 
-    def _finish(
-        self, job: Job, req: asr_pb2.TranscribeRequest, data: bytes | None, existing: bytes | None
-    ) -> None:
+    def _finish(self, p: Parsed, data: bytes | None, existing: bytes | None) -> None:
+        key = result_key(p.device, p.req.segment_id)
         if data is not None:
-            if self.redis.set(result_key(req.segment_id), data, nx=True, ex=self.config.result_ttl_s):
+            if self.redis.set(key, data, nx=True, ex=self.config.result_ttl_s):
                 self.redis.hincrby(STATS_KEY, "jobs_completed", 1)
             else:  # another worker stored it first: publish that one, so every subscriber sees one result
-                existing = self.redis.get(result_key(req.segment_id))
+                existing = self.redis.get(key)
         payload = existing if existing is not None else data
-        if (
-            payload is not None
-            and self.publisher is not None
-            and not self.redis.exists(published_key(req.segment_id))
-        ):
-            fleet = job.fields.get(b"fleet", self.config.fleet.encode()).decode()
+        published = published_key(p.device, p.req.segment_id)
+        if payload is not None and self.publisher is not None and not self.redis.exists(published):
+            fleet = p.job.fields.get(b"fleet", self.config.fleet.encode()).decode()
             self.publisher.publish(
-                results_topic(fleet, req.device_id), to_json(asr_pb2.TranscribeResponse.FromString(payload))
+                results_topic(fleet, p.device), to_json(asr_pb2.TranscribeResponse.FromString(payload))
             )
-            self.redis.set(published_key(req.segment_id), b"1", ex=self.config.result_ttl_s)
-        self._ack(job)
+            self.redis.set(published, b"1", ex=self.config.result_ttl_s)
+        self._ack(p.job)
 
     def _ack(self, job: Job) -> None:
         self.redis.xack(self.config.stream, self.config.group, job.entry_id)

@@ -94,7 +94,7 @@ class EdgeDaemon:
     def _chunks(self, kind: str) -> Iterator[AudioChunk]:
         if kind == "stdin":
             yield from read_pcm16_stream(sys.stdin.buffer, self.stop, self.config.stream_chunk_s,
-                                         stream_id=f"{self.config.device_id}-{int(time.time() * 1000)}")
+                                         stream_id=stdin_stream_id())
         elif kind == "dir":
             yield from watch_directory(Path(self.config.source), self.processed, self.stop)
         else:
@@ -145,6 +145,8 @@ class EdgeDaemon:
             self.agent.request_state()  # fresh counters for `fleetctl status`
 
     def segment_id(self, chunk: AudioChunk, seg: Segment) -> str:
+        # The cloud keys results by device and accepts only ids that start with "<device_id>-" (at most 128
+        # characters): the chunk key is a content hash or "stdin<epoch ms>-<offset>", so ids stay short and unique.
         return f"{self.config.device_id}-{chunk.key}-{round((chunk.offset_s + seg.start) * 1000)}"
 
     def _take_updates(self, policy_only: bool = False) -> None:
@@ -229,6 +231,11 @@ class EdgeDaemon:
         if self.config.heartbeat_file:
             self.config.heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
             self.config.heartbeat_file.touch()
+
+
+def stdin_stream_id() -> str:
+    """Unique per run; the segment id adds the device id in front, so it is not repeated here (ids stay short)."""
+    return f"stdin{int(time.time() * 1000)}"
 
 
 def _open_outbox(config: DaemonConfig) -> Outbox:

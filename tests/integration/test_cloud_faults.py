@@ -55,12 +55,12 @@ def test_keeps_serving_without_redis_and_recovers(
     token = register_device(redis_server.url, "dev-f")
     with ServerThread(cloud_config(redis_server.url), base_asr) as srv:
         stub = srv.stub()
-        assert not stub.Transcribe(_req("f-1", wav), metadata=bearer(token), timeout=120).cached
+        assert not stub.Transcribe(_req("dev-f-1", wav), metadata=bearer(token), timeout=120).cached
         redis_server.kill()
         caplog.set_level(logging.WARNING, logger="cloud_service.jobs.store")
         # No dedup while Redis is away, but answers all the same (the device's token is cached).
-        down1 = stub.Transcribe(_req("f-2", wav), metadata=bearer(token), timeout=120)
-        down2 = stub.Transcribe(_req("f-1", wav), metadata=bearer(token), timeout=120)
+        down1 = stub.Transcribe(_req("dev-f-2", wav), metadata=bearer(token), timeout=120)
+        down2 = stub.Transcribe(_req("dev-f-1", wav), metadata=bearer(token), timeout=120)
         assert down1.text and not down1.cached and not down2.cached
         outage_logs = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
         assert len(outage_logs) == 1, [r.getMessage() for r in caplog.records]
@@ -69,14 +69,14 @@ def test_keeps_serving_without_redis_and_recovers(
         # on a slow machine, which would make this an UNAUTHENTICATED test of timing, not of recovery).
         token = register_device(redis_server.url, "dev-f")
         time.sleep(srv.config.redis_retry_s + 0.1)
-        back = stub.Transcribe(_req("f-3", wav), metadata=bearer(token), timeout=120)
+        back = stub.Transcribe(_req("dev-f-3", wav), metadata=bearer(token), timeout=120)
         assert not back.cached
         rds = redis.Redis.from_url(redis_server.url)
         deadline = time.monotonic() + 5  # results are stored again (just after each reply): dedup is back
-        while not rds.exists(result_key("f-3")):
+        while not rds.exists(result_key("dev-f", "dev-f-3")):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert stub.Transcribe(_req("f-3", wav), metadata=bearer(token), timeout=30).cached
+        assert stub.Transcribe(_req("dev-f-3", wav), metadata=bearer(token), timeout=30).cached
         assert any("Redis is back" in r.getMessage() for r in caplog.records)
         assert srv.servicer.batcher.items_run == 4
 
@@ -126,7 +126,8 @@ def test_worker_killed_mid_batch_is_reclaimed_and_finished_once(
     rds = redis.Redis.from_url(redis_server.url)
     subscriber, got = _subscribe(mosquitto_server.port, "fleet/lab/devices/+/results")
     for i, p in enumerate(prompts):
-        rds.xadd(config.stream, job_fields(_req(f"job-{i}", p.wav, device=f"d{i}"), "lab", time.time()))
+        dev = f"d{i}"
+        rds.xadd(config.stream, job_fields(_req(f"{dev}-job-{i}", p.wav, device=dev), "lab", time.time(), device=dev))
 
     log = (tmp_path / "w1.log").open("wb")
     cmd = [
@@ -168,7 +169,8 @@ def test_worker_killed_mid_batch_is_reclaimed_and_finished_once(
             w1.kill()
     pending = rds.xpending_range(config.stream, config.group, "-", "+", 10)
     assert {p["consumer"] for p in pending} == {b"w1"} and len(pending) == 3
-    assert not any(rds.exists(result_key(f"job-{i}")) for i in range(3)), "w1 finished before it was killed"
+    finished = [i for i in range(3) if rds.exists(result_key(f"d{i}", f"d{i}-job-{i}"))]
+    assert not finished, "w1 finished before it was killed"
 
     publisher = MqttPublisher(MqttSettings(port=mosquitto_server.port, client_id="asr-w2"))
     worker = StreamWorker(config, base_asr, rds, publisher)
@@ -188,9 +190,9 @@ def test_worker_killed_mid_batch_is_reclaimed_and_finished_once(
     assert rds.xpending(config.stream, config.group)["pending"] == 0
     assert int(rds.hget(STATS_KEY, "jobs_completed") or 0) == 3
     counts = Counter(str(m["segment_id"]) for m in got)
-    assert counts == {"job-0": 1, "job-1": 1, "job-2": 1}
+    assert counts == {"d0-job-0": 1, "d1-job-1": 1, "d2-job-2": 1}
     for i, p in enumerate(prompts):
-        stored = asr_pb2.TranscribeResponse.FromString(rds.get(result_key(f"job-{i}")) or b"")
+        stored = asr_pb2.TranscribeResponse.FromString(rds.get(result_key(f"d{i}", f"d{i}-job-{i}")) or b"")
         assert stored.device_id == f"d{i}" and stored.text
         assert any(w in stored.text.lower() for w in p.text.lower().split()[:4])
 

@@ -88,19 +88,19 @@ def test_transcribes_and_a_retried_segment_is_computed_once(server: ServerThread
     rds = redis.Redis.from_url(server.config.redis_url or "")
     before = server.servicer.batcher.items_run
     first = stub.Transcribe(
-        _request("seg-retry-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=120
+        _request("dev-a-seg-retry-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=120
     )
     assert len(_words(first.text) & _words(prompt.text)) >= 0.7 * len(_words(prompt.text)), first.text
     assert not first.cached and first.language == "en" and first.model_name == "base"
     assert first.segments and first.segments[0].start >= 0 and first.timing.inference_ms > 0
-    assert _eventually(lambda: bool(rds.exists(result_key("seg-retry-1"))))  # stored just after the reply
+    assert _eventually(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-retry-1"))))  # stored just after the reply
     # The retry (same segment_id) comes from Redis, however different its audio.
-    again = stub.Transcribe(_request("seg-retry-1", silence_pcm16(1.0)), metadata=bearer(token), timeout=60)
+    again = stub.Transcribe(_request("dev-a-seg-retry-1", silence_pcm16(1.0)), metadata=bearer(token), timeout=60)
     assert again.cached and again.text == first.text
     assert server.servicer.batcher.items_run == before + 1
 
     # Concurrent duplicates of a new segment: one decode between them.
-    req = _request("seg-dup-2", pcm16_audio(prompt.wav))
+    req = _request("dev-a-seg-dup-2", pcm16_audio(prompt.wav))
     with ThreadPoolExecutor(3) as pool:
         replies = list(
             pool.map(lambda _: stub.Transcribe(req, metadata=bearer(token), timeout=120), range(3))
@@ -117,7 +117,7 @@ def test_bad_or_missing_token_is_unauthenticated(
     token: str,
     cloud_redis: RedisServer,  # noqa: F811
 ) -> None:
-    req = _request("seg-auth", silence_pcm16(0.5))
+    req = _request("dev-a-seg-auth", silence_pcm16(0.5))
     other = register_device(cloud_redis.url, "dev-b")
     forged = token.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
     cases = {
@@ -138,7 +138,7 @@ def test_bad_or_missing_token_is_unauthenticated(
     stored = rds.hget("asr:device:dev-b", "token_sha256")
     assert stored == hashlib.sha256(other.encode()).hexdigest().encode()
     assert other.encode() not in b"".join(v for v in rds.hgetall("asr:device:dev-b").values())
-    assert not rds.exists(result_key("seg-auth"))
+    assert not rds.exists(result_key(DEVICE, "dev-a-seg-auth"))
 
 
 def test_health_and_reflection_need_no_token(server: ServerThread) -> None:
@@ -172,11 +172,11 @@ def test_bad_audio_is_invalid_argument_without_inference(server: ServerThread, s
     for i, (message, audio) in enumerate(cases.items()):
         for rpc in (stub.Transcribe, stub.Submit):
             with pytest.raises(grpc.RpcError) as err:
-                rpc(_request(f"seg-bad-{i}", audio), metadata=bearer(token), timeout=10)
+                rpc(_request(f"dev-a-seg-bad-{i}", audio), metadata=bearer(token), timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
             assert message in str(err.value.details())
     with pytest.raises(grpc.RpcError) as err:
-        stub.Transcribe(_request("seg-lang", silence_pcm16(1), "klingon"), metadata=bearer(token), timeout=10)
+        stub.Transcribe(_request("dev-a-seg-lang", silence_pcm16(1), "klingon"), metadata=bearer(token), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown language" in str(
         err.value.details()
     )
@@ -188,7 +188,7 @@ def test_bad_audio_is_invalid_argument_without_inference(server: ServerThread, s
 
 def test_detect_finds_spanish_and_french_in_one_batch(server: ServerThread, stub, token: str) -> None:
     clips = need_prompts("es")[:2] + need_prompts("fr")[:2]
-    reqs = [_request(f"seg-detect-{i}", pcm16_audio(p.wav), "detect") for i, p in enumerate(clips)]
+    reqs = [_request(f"dev-a-seg-detect-{i}", pcm16_audio(p.wav), "detect") for i, p in enumerate(clips)]
     # FLAC and Opus on the wire for half of them.
     reqs[1].audio.CopyFrom(encoded_audio(clips[1].wav, "FLAC", "PCM_16", asr_pb2.Audio.FLAC))
     reqs[3].audio.CopyFrom(encoded_audio(clips[3].wav, "OGG", "OPUS", asr_pb2.Audio.OPUS))
@@ -252,10 +252,11 @@ def test_fetch_model_chunks_resume_and_not_found(
 
 def test_submit_enqueues_a_job(server: ServerThread, stub, token: str) -> None:
     prompt = need_prompts("en")[1]
-    reply = stub.Submit(_request("seg-submit-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=30)
+    reply = stub.Submit(_request("dev-a-seg-submit-1", pcm16_audio(prompt.wav)), metadata=bearer(token), timeout=30)
     rds = redis.Redis.from_url(server.config.redis_url or "")
     entries = rds.xrange(server.config.stream, reply.stream_id, reply.stream_id)
-    assert entries and entries[0][1][b"segment_id"] == b"seg-submit-1"
+    assert entries and entries[0][1][b"segment_id"] == b"dev-a-seg-submit-1"
+    assert entries[0][1][b"device"] == DEVICE.encode()  # the authenticated device, recorded at admission
     assert asr_pb2.TranscribeRequest.FromString(entries[0][1][b"request"]).device_id == DEVICE
 
 
@@ -268,7 +269,7 @@ def test_expired_deadline_is_dropped_and_full_queue_refused(
     with ServerThread(config, base_asr) as srv:
         stub = srv.stub()
         slow = threading.Thread(
-            target=lambda: stub.Transcribe(_request("seg-busy", pcm16_audio(prompt.wav)), timeout=180)
+            target=lambda: stub.Transcribe(_request("dev-a-seg-busy", pcm16_audio(prompt.wav)), timeout=180)
         )
         slow.start()
         deadline = time.monotonic() + 10
@@ -276,10 +277,10 @@ def test_expired_deadline_is_dropped_and_full_queue_refused(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(0.05)
-        late = stub.Transcribe.future(_request("seg-late", pcm16_audio(prompt.wav)), timeout=0.4)
+        late = stub.Transcribe.future(_request("dev-a-seg-late", pcm16_audio(prompt.wav)), timeout=0.4)
         time.sleep(0.1)
         with pytest.raises(grpc.RpcError) as full:  # the one queue slot is taken by seg-late
-            stub.Transcribe(_request("seg-over", silence_pcm16(1)), timeout=10)
+            stub.Transcribe(_request("dev-a-seg-over", silence_pcm16(1)), timeout=10)
         assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         with pytest.raises(grpc.RpcError) as err:
             late.result()
@@ -288,8 +289,8 @@ def test_expired_deadline_is_dropped_and_full_queue_refused(
         time.sleep(0.2)
         assert srv.servicer.batcher.items_run == 1  # seg-late was dropped, never decoded
         rds = redis.Redis.from_url(cloud_redis.url)
-        assert _eventually(lambda: bool(rds.exists(result_key("seg-busy"))))
-        assert not rds.exists(result_key("seg-late"))
+        assert _eventually(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-busy"))))
+        assert not rds.exists(result_key(DEVICE, "dev-a-seg-late"))
         assert _eventually(lambda: int(rds.hget("asr:stats", "deadline_dropped") or 0) == 1)
 
 

@@ -36,12 +36,12 @@ def test_a_request_the_cloud_rejects_is_given_up_and_the_good_one_answered(
     token = register_device(redis_server.url, "edge-r")
     create_key(tmp_path / "outbox.key")
     outbox = Outbox(tmp_path / "outbox.db", load_key(tmp_path / "outbox.key"))
-    good = asr_pb2.TranscribeRequest(segment_id="good", device_id="edge-r", language="en",
+    good = asr_pb2.TranscribeRequest(segment_id="edge-r-good", device_id="edge-r", language="en",
                                      audio=pcm16_audio(data_prompts("en")[1].wav))  # fmt: skip
     odd = asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=16000, data=b"\x00\x01\x02")
-    bad = asr_pb2.TranscribeRequest(segment_id="bad", device_id="edge-r", language="en", audio=odd)
-    assert outbox.put("bad", bad.SerializeToString(), 0.0)  # queued first: it must not block the good one
-    assert outbox.put("good", good.SerializeToString(), 1.7)
+    bad = asr_pb2.TranscribeRequest(segment_id="edge-r-bad", device_id="edge-r", language="en", audio=odd)
+    assert outbox.put("edge-r-bad", bad.SerializeToString(), 0.0)  # queued first: it must not block the good one
+    assert outbox.put("edge-r-good", good.SerializeToString(), 1.7)
     events_path = tmp_path / "events.jsonl"
     events = EventWriter(events_path)
     counters: Counter[str] = Counter()
@@ -57,11 +57,11 @@ def test_a_request_the_cloud_rejects_is_given_up_and_the_good_one_answered(
             client.close()
             events.close()
     by_segment = {e["segment_id"]: e for e in _events(events_path)}
-    assert by_segment["good"]["type"] == "revision"
-    assert "conference is full" in str(by_segment["good"]["text"]).lower()
-    assert by_segment["bad"]["type"] == "escalation_failed"
-    assert "INVALID_ARGUMENT" in str(by_segment["bad"]["reason"]) and "odd number of bytes" in str(
-        by_segment["bad"]["reason"]
+    assert by_segment["edge-r-good"]["type"] == "revision"
+    assert "conference is full" in str(by_segment["edge-r-good"]["text"]).lower()
+    assert by_segment["edge-r-bad"]["type"] == "escalation_failed"
+    assert "INVALID_ARGUMENT" in str(by_segment["edge-r-bad"]["reason"]) and "odd number of bytes" in str(
+        by_segment["edge-r-bad"]["reason"]
     )
     stats = outbox.stats()
     assert (stats["answered"], stats["rejected"], stats["pending"]) == (1, 1, 0)

@@ -28,11 +28,16 @@ from tests.integration.mqtt_fixtures import Listener
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = "lab"
+DEVICE = "dev-w"
 
 
-def _job(segment: str, audio: asr_pb2.Audio) -> dict[str, bytes | str]:
-    req = asr_pb2.TranscribeRequest(segment_id=segment, device_id=f"dev-{segment}", audio=audio, language="en")
-    return job_fields(req, FLEET, time.time())
+def _seg(name: str) -> str:
+    return f"{DEVICE}-{name}"  # a segment id starts with its device's id
+
+
+def _job(name: str, audio: asr_pb2.Audio) -> dict[str, bytes | str]:
+    req = asr_pb2.TranscribeRequest(segment_id=_seg(name), device_id=DEVICE, audio=audio, language="en")
+    return job_fields(req, FLEET, time.time(), device=DEVICE)
 
 
 def _log(path: Path) -> str:
@@ -68,9 +73,9 @@ def test_worker_process_drops_bad_jobs_rides_out_an_empty_redis_and_stops_on_sig
             assert worker.poll() is None, _log(log)
             return any(m["segment_id"] == segment for m in _results(results))
 
-        wait_until(lambda: published("good-0"), 180, "the first result on MQTT", interval=0.1)
-        stored = asr_pb2.TranscribeResponse.FromString(rds.get(result_key("good-0")) or b"")
-        assert stored.device_id == "dev-good-0"
+        wait_until(lambda: published(_seg("good-0")), 180, "the first result on MQTT", interval=0.1)
+        stored = asr_pb2.TranscribeResponse.FromString(rds.get(result_key(DEVICE, _seg("good-0"))) or b"")
+        assert stored.device_id == DEVICE
         assert "cannot be completed" in stored.text.lower(), stored.text
         stats = rds.hgetall(STATS_KEY)
         assert (stats[b"jobs_completed"], stats[b"jobs_invalid"]) == (b"1", b"1")
@@ -86,10 +91,10 @@ def test_worker_process_drops_bad_jobs_rides_out_an_empty_redis_and_stops_on_sig
         redis_server.start()
         rds = redis.Redis.from_url(redis_server.url)
         rds.xadd(DEFAULT_STREAM, _job("good-1", pcm16_audio(clips[1].wav)))
-        wait_until(lambda: published("good-1"), 60, "a result after the restart", interval=0.1)
+        wait_until(lambda: published(_seg("good-1")), 60, "a result after the restart", interval=0.1)
         text = _log(log)
         assert "creating it again" in text and "Redis is back" in text
-        assert rds.exists(result_key("good-1")) and "Traceback" not in text
+        assert rds.exists(result_key(DEVICE, _seg("good-1"))) and "Traceback" not in text
 
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, _log(log)
@@ -99,7 +104,7 @@ def test_worker_process_drops_bad_jobs_rides_out_an_empty_redis_and_stops_on_sig
             worker.wait(10)
         results.close()
     assert "worker w-proc stopped" in _log(log)
-    assert sorted(m["segment_id"] for m in _results(results)) == ["good-0", "good-1"]  # once each
+    assert sorted(m["segment_id"] for m in _results(results)) == [_seg("good-0"), _seg("good-1")]  # once each
 
 
 def _results(listener: Listener) -> list[dict[str, object]]:
