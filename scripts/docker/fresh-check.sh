@@ -23,7 +23,8 @@ name=whisper-fleet-fresh-$$
 docker rm -f "$name" >/dev/null 2>&1 || true
 if [ "${FRESH_KEEP:-0}" != 1 ]; then trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT; fi
 docker run -d --name "$name" --network host -v "$ROOT:/src:ro" "${PIP_MOUNTS[@]}" "${PIP_ENVS[@]}" "$FRESH_IMAGE" sleep infinity >/dev/null
-log "fresh: container $name; cloning $(git -C "$ROOT" rev-parse --short HEAD) (committed work only)"
+commit=$(git -C "$ROOT" rev-parse --short HEAD)
+log "fresh: container $name; cloning $commit (committed work only)"
 docker exec "$name" git -c safe.directory='*' clone -q /src /root/whisper-fleet
 
 declare -A took
@@ -43,7 +44,7 @@ if [ "${FRESH_WARM:-1}" != 0 ]; then
     step warm demo
     step warm test
 fi
-echo "fresh-check passed on $(git -C "$ROOT" rev-parse --short HEAD): wall times (s)"
+echo "fresh-check passed on $commit: wall times (s)"
 for key in cold-demo cold-test warm-demo warm-test; do
     [ -n "${took[$key]:-}" ] && printf '  make %-5s %-5s %5d\n' "${key#*-}" "${key%-*}" "${took[$key]}"
 done
