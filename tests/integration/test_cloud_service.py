@@ -6,7 +6,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from cloud_service.jobs.store import result_key
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.manifest import write_manifest
 from testkit.servers import RedisServer
+from testkit.wait import wait_for
 from tests.integration.cloud_fixtures import (
     ServerThread,
     base_asr,  # noqa: F401 (fixture)
@@ -70,15 +71,6 @@ def _request(seg: str, audio: asr_pb2.Audio, language: str = "en") -> asr_pb2.Tr
     return asr_pb2.TranscribeRequest(segment_id=seg, device_id=DEVICE, audio=audio, language=language)
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _words(text: str) -> set[str]:
     return {w.strip(".,!?¿¡").lower() for w in text.split()}
 
@@ -93,7 +85,8 @@ def test_transcribes_and_a_retried_segment_is_computed_once(server: ServerThread
     assert len(_words(first.text) & _words(prompt.text)) >= 0.7 * len(_words(prompt.text)), first.text
     assert not first.cached and first.language == "en" and first.model_name == "base"
     assert first.segments and first.segments[0].start >= 0 and first.timing.inference_ms > 0
-    assert _eventually(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-retry-1"))))  # stored just after the reply
+    # Stored just after the reply.
+    assert wait_for(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-retry-1"))), 5.0, interval=0.02)
     # The retry (same segment_id) comes from Redis, however different its audio.
     again = stub.Transcribe(_request("dev-a-seg-retry-1", silence_pcm16(1.0)), metadata=bearer(token), timeout=60)
     assert again.cached and again.text == first.text
@@ -108,7 +101,7 @@ def test_transcribes_and_a_retried_segment_is_computed_once(server: ServerThread
     assert len({r.text for r in replies}) == 1
     assert sorted(r.cached for r in replies) == [False, True, True]
     assert server.servicer.batcher.items_run == before + 2
-    assert _eventually(lambda: int(rds.hget("asr:stats", "computed") or 0) == 2)  # counters are async
+    assert wait_for(lambda: int(rds.hget("asr:stats", "computed") or 0) == 2, 5.0, interval=0.02)  # counters are async
 
 
 def test_bad_or_missing_token_is_unauthenticated(
@@ -289,9 +282,9 @@ def test_expired_deadline_is_dropped_and_full_queue_refused(
         time.sleep(0.2)
         assert srv.servicer.batcher.items_run == 1  # seg-late was dropped, never decoded
         rds = redis.Redis.from_url(cloud_redis.url)
-        assert _eventually(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-busy"))))
+        assert wait_for(lambda: bool(rds.exists(result_key(DEVICE, "dev-a-seg-busy"))), 5.0, interval=0.02)
         assert not rds.exists(result_key(DEVICE, "dev-a-seg-late"))
-        assert _eventually(lambda: int(rds.hget("asr:stats", "deadline_dropped") or 0) == 1)
+        assert wait_for(lambda: int(rds.hget("asr:stats", "deadline_dropped") or 0) == 1, 5.0, interval=0.02)
 
 
 def test_rate_limit_is_per_device(cloud_redis: RedisServer) -> None:  # noqa: F811

@@ -19,6 +19,7 @@ from cloud_service.asr.model import AsrModel
 from cloud_service.jobs.worker import StreamWorker
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from testkit.servers import RedisServer
+from testkit.wait import wait_for
 from tests.audio_fixtures import data_prompts, pcm16_audio, silence_pcm16
 from tests.integration.cloud_fixtures import ServerThread, bearer, cloud_config, register_device
 
@@ -78,15 +79,6 @@ def _stored(rds: redis.Redis, seg: str) -> list[bytes]:
     return [k for k in rds.scan_iter("asr:result:*") if k.endswith(seg.encode())]
 
 
-def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _drain(worker: StreamWorker, timeout: float = 180.0) -> None:
     """Run the worker until it has handled something and the stream has nothing more for it."""
     worker.ensure_group()
@@ -112,7 +104,7 @@ def test_another_device_cannot_read_a_result_by_its_segment_id(
     before = server.servicer.batcher.items_run
     first = stub.Transcribe(_req(A, "ten-a-seg-1", pcm16_audio(prompt.wav)), metadata=bearer(tokens[A]), timeout=180)
     assert first.text.strip() and not first.cached and first.device_id == A
-    assert _eventually(lambda: bool(_stored(rds, "ten-a-seg-1")))  # stored just after the reply
+    assert wait_for(lambda: bool(_stored(rds, "ten-a-seg-1")), 10.0, interval=0.02)  # stored just after the reply
 
     # B, with its own valid token, asks under A's segment id: refused, and A's text is nowhere in the reply.
     err = _refused(lambda: stub.Transcribe(_req(B, "ten-a-seg-1", silence_pcm16(0.5)),
@@ -218,7 +210,7 @@ def test_results_and_submit_jobs_are_namespaced_even_for_prefix_sharing_devices(
     seg = "ten-c-x-1"  # valid for both ten-c and ten-c-x
     theirs = stub.Transcribe(_req(C, seg, silence_pcm16(0.5)), metadata=bearer(tokens[C]), timeout=180)
     assert theirs.device_id == C
-    assert _eventually(lambda: bool(_stored(rds, seg)))
+    assert wait_for(lambda: bool(_stored(rds, seg)), 10.0, interval=0.02)
 
     # ten-c-x submits the same id: the job records the authenticated device; the worker decodes it afresh
     # instead of reusing ten-c's result.
