@@ -19,7 +19,8 @@ ensure_docker_packages
 ensure_dockerd
 ensure_base_images
 
-deps_key=$(sha256sum "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)
+# Contents only (not paths): every clone of the same commit shares the key.
+deps_key=$(cat "$ROOT/pyproject.toml" "$0" | sha256sum | cut -c1-16)
 pip_mounts
 # Resolved inside the base image, by its Python (3.11.2, not this host's): markers such as redis's
 # `async-timeout; python_full_version < "3.11.3"` must be judged for the interpreter that will run them.
