@@ -16,3 +16,19 @@ NO_SPEECH_THRESHOLD = 0.6
 
 # The language hint that asks the cloud to identify the language instead of assuming one.
 DETECT = "detect"
+
+# Whisper's tokenizer (tiktoken) refuses text that spells one of its special tokens ("<|endoftext|>", "<|en|>",
+# "<|0.00|>", ...): a prompt holding one would fail the whole batch it rides in. Anything shaped like one is
+# refused where prompts enter (the cloud's admission, a pushed edge config), never at decode time.
+SPECIAL_TOKEN_OPEN = "<|"
+SPECIAL_TOKEN_CLOSE = "|>"
+
+
+def check_prompt_text(text: str, what: str = "prompt") -> str:
+    """The text itself; ValueError naming the problem when whisper's tokenizer could not encode it as a prompt."""
+    start = text.find(SPECIAL_TOKEN_OPEN)
+    if start >= 0 and text.find(SPECIAL_TOKEN_CLOSE, start + len(SPECIAL_TOKEN_OPEN)) >= 0:
+        raise ValueError(f"{what} must not contain special-token markup ('<|...|>')")
+    if "\x00" in text:
+        raise ValueError(f"{what} must not contain NUL characters")
+    return text
