@@ -13,6 +13,8 @@ wildcards or extra levels)::
 
 Desired-state messages (config and model) are signed by the operator key (see `signed_bytes`): the device
 trusts the operator, not the broker. Every payload has `schema`; an unknown schema or field is rejected.
+Clearing a retained desired-state topic is a signed, versioned `Tombstone`, never an empty payload: anyone who
+can delete a retained message could send one, and it would carry no version to order it by.
 
 No clock here: the timestamps (`issued_at`, `last_seen`, `at`, unix seconds) are the sender's, passed in by
 whoever builds the message (the operator's rollout, the device's agent and reconciler).
@@ -32,12 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared import signing
 from shared.errors import UserError, VerificationError
+from shared.whisper_rules import check_prompt_text
 
 SCHEMA_VERSION = 1
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 T = TypeVar("T", bound=BaseModel)
 MAX_PAYLOAD_BYTES = 64 * 1024  # desired state is small; anything bigger is rejected before parsing
+MAX_REASON_CHARS = 1000  # an Ack's reason; longer ones are cut by `clip_reason`
+ELLIPSIS = "…"
 
 # ---------------------------------------------------------------------------------------------- topics
 
@@ -155,6 +160,10 @@ class ConfigParams(_Strict):
             for w in v:
                 if not w.strip() or len(w) > 64:
                     raise ValueError("prompt words must be non-empty and at most 64 characters")
+                check_prompt_text(w, f"prompt word {w[:64]!r}")
+            # The engine joins the words into one prompt: markup split across words ("<|end", "oftext|>") must
+            # be caught too. The separator holds no '<', '|' or '>', so any such join gives the same answer.
+            check_prompt_text(" ".join(v), "prompt words together")
         return v
 
     def merged_over(self, base: ConfigParams) -> ConfigParams:
@@ -213,6 +222,19 @@ class DesiredConfig(_Signed):
     params: ConfigParams
 
 
+class Tombstone(_Signed):
+    """A signed, versioned "cleared": the scope (fleet-wide or one device's) of `kind` holds no desired state
+    any more (a device override falls back to the fleet's, a fleet config to the engine defaults).
+
+    It replaces the empty retained payload that used to clear a topic: being signed and versioned, it is
+    ordered with the other messages of its scope, so an older message cannot be replayed after it. `kind` is
+    signed too, so a config clear cannot be replayed on a model topic (versions are shared by both kinds).
+    `cleared` is how a parser tells a tombstone from the message it replaces (`parse_desired`)."""
+
+    kind: Kind
+    cleared: Literal[True] = True
+
+
 class FetchInfo(_Strict):
     """Where to fetch the artifact: gRPC FetchModel(name, version) on `grpc_target` (None: device default)."""
 
@@ -260,7 +282,7 @@ class Ack(_Strict):
     kind: Kind | Literal["unknown"]
     version: int | None = None  # the desired-state version acknowledged; None when unparsable
     accepted: bool
-    reason: str = Field(default="", max_length=1000)
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)  # see clip_reason
     model_version: str | None = None
     at: float  # the device's clock when it made the ack
 
@@ -287,15 +309,37 @@ def _short(exc: ValidationError) -> str:
     return f"{loc}: {first['msg']}{more}"
 
 
-def parse_payload(cls: type[T], payload: bytes) -> T:
-    """Decode and validate one message; UserError with a one-line reason when it is not acceptable."""
-    doc = _loads(payload, cls.__name__)
+def _validate(cls: type[T], doc: Any) -> T:
     if not isinstance(doc, dict):
         raise UserError(f"{cls.__name__}: expected a JSON object")
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
         raise UserError(f"{cls.__name__}: {_short(exc)}") from None
+
+
+def parse_payload(cls: type[T], payload: bytes) -> T:
+    """Decode and validate one message; UserError with a one-line reason when it is not acceptable."""
+    return _validate(cls, _loads(payload, cls.__name__))
+
+
+D = TypeVar("D", DesiredConfig, DesiredModel)
+
+
+def parse_desired(cls: type[D], payload: bytes) -> D | Tombstone:
+    """A desired-state message as it arrives on a config or model topic: `cls`, or a Tombstone when it carries
+    `cleared` (no DesiredConfig or DesiredModel may: extra fields are refused). UserError as parse_payload."""
+    doc = _loads(payload, cls.__name__)
+    if isinstance(doc, dict) and "cleared" in doc:
+        return _validate(Tombstone, doc)
+    return _validate(cls, doc)
+
+
+def clip_reason(reason: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`reason` cut to `limit` characters, ending with an ellipsis when it was longer: an Ack must never fail to
+    build because an error message (a validation error naming a 2000-character key, a long install error) is
+    too long to report."""
+    return reason if len(reason) <= limit else reason[: limit - len(ELLIPSIS)] + ELLIPSIS
 
 
 def peek_version(payload: bytes) -> int | None:

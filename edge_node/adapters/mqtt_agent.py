@@ -5,11 +5,14 @@ reconciles messages, applies parameters to the engine and persists them; one mod
 downloads and swaps, so a model rollout never delays a parameter change. Subscriptions are made in
 `on_connect`, so every reconnect restores them and the broker redelivers the retained desired state.
 The client comes from `shared.mqtt.make_client`; `edge-node agent` (edge_node/cli/agent.py) runs the agent alone.
+
+No single message may stop either thread: a config the engine cannot apply is NACKed and the old one stays in
+force (nothing persisted); anything unexpected while handling a message is logged and NACKed, and the loop goes
+on. The state dir (edge_node.adapters.agent_state) holds the last accepted config and the high-water marks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_node.core.desired_state import ParamsTarget, Reconciler
+from edge_node.adapters.agent_state import CONFIG_FILE, AgentStateDir
+from edge_node.core.desired_state import Mark, ParamsTarget, Reconciler
 from shared.errors import UserError
 from shared.fleet_schema import (
     Ack,
@@ -31,10 +35,10 @@ from shared.fleet_schema import (
     fleet_config_topic,
     fleet_model_topic,
     parse_topic,
+    peek_version,
     state_topic,
 )
 from shared.fleet_schema import ack_topic as ack_topic_of
-from shared.fsutil import atomic_write
 from shared.mqtt import Client, MqttSettings, Will, make_client, set_will, start_async
 from shared.signing import load_public_key
 
@@ -45,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"  # the last accepted desired-config messages (fleet and device scope)
 QOS = 1
 
 
@@ -112,6 +115,9 @@ class DeviceAgent:
         self._counters = counters or (lambda: {})
         pubkey = load_public_key(config.operator_pubkey) if config.operator_pubkey else None
         self.rec = Reconciler(config.fleet, config.device_id, pubkey, config.require_signed, clock=time.time)
+        self._disk = AgentStateDir(config.state_dir)
+        self._saved_marks: dict[str, Mark] = {}  # what marks.json holds, so it is only rewritten on a change
+        self._model_done = 0  # the version of the last desired-model message handled (acked)
         self._inbox: queue.Queue[tuple[str, bool, bytes] | None] = queue.Queue()
         self._model_wanted = threading.Event()
         self._stopping = threading.Event()
@@ -134,24 +140,24 @@ class DeviceAgent:
                     qos=QOS, retain=True)
 
     def boot(self) -> None:
-        """Restore the last good config and model from disk: the device works without a broker."""
+        """Restore the marks, the last good config and the model from disk: the device works without a broker.
+
+        The persisted config is verified and applied like a message: one that fails either (written by an older
+        agent, or refused by this engine) is logged and ignored, so a bad config can never crash every boot."""
         if self._models is not None:
             self._models.boot()
-        path = self.config.state_dir / CONFIG_FILE
-        if not path.exists():
-            return
-        try:
-            doc = json.loads(path.read_text())
-            for scope, device_scope in (("fleet", False), ("device", True)):
-                if doc.get(scope):
-                    out = self.rec.receive_config(device_scope, json.dumps(doc[scope]).encode())
-                    if out.ack is not None and not out.ack.accepted:
-                        log.warning("ignoring persisted %s config: %s", scope, out.ack.reason)
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("cannot read %s (%s); starting from engine defaults", path, exc)
-            return
-        self._params.apply_params(self.rec.effective_params())
-        log.info("restored config version %d from %s", self.rec.config_version, path)
+        self.rec.marks = self._disk.load_marks()
+        self._saved_marks = dict(self.rec.marks)
+        restored = False
+        for scope, payload in self._disk.load_config().items():
+            out = self.rec.receive_config_applying(scope == "device", payload, self._params.apply_params)
+            if out.ack is not None and not out.ack.accepted:
+                log.warning("ignoring the persisted %s config: %s", scope, out.ack.reason)
+            restored = restored or out.changed
+        self._persist_marks()  # a config.json older than marks.json seeds the marks
+        if restored:
+            log.info("restored config version %d from %s", self.rec.config_version,
+                     self.config.state_dir / CONFIG_FILE)
 
     def start(self) -> None:
         self.boot()
@@ -226,42 +232,64 @@ class DeviceAgent:
                 item = ("state", False, b"")
             if item is None:
                 return
-            kind, device_scope, payload = item
+            self._work(*item)
+
+    def _work(self, kind: str, device_scope: bool, payload: bytes) -> None:
+        """One inbox item; never raises, so the worker outlives any single message."""
+        handler = {"config": self._handle_config, "model": self._handle_model}.get(kind)
+        if handler is not None:
             try:
-                if kind == "config":
-                    self._handle_config(device_scope, payload)
-                elif kind == "model":
-                    self._handle_model(device_scope, payload)
-                self._publish_state()
-            except Exception:  # the agent must outlive any single bad message
+                handler(device_scope, payload)
+            except Exception as exc:  # a bug, a full disk: say so to the operator, keep going
                 log.exception("failed to handle a %s message", kind)
+                self._publish_ack_safely(self.rec.reject(kind, peek_version(payload), f"internal error: {exc}"))
+        try:
+            self._publish_state()
+        except Exception:
+            log.exception("failed to publish the device state")
 
     def _handle_config(self, device_scope: bool, payload: bytes) -> None:
-        before = self.rec.effective_params()
-        out = self.rec.receive_config(device_scope, payload)
-        if out.changed or out.ack is None:
-            params = self.rec.effective_params()
-            # Re-applied on every (re)delivery: idempotent, and proves the retained config is in force.
-            self._params.apply_params(params)
-            if params != before or out.changed:
-                self._persist_config()
+        out = self.rec.receive_config_applying(device_scope, payload, self._params.apply_params)
+        if out.ignored:
+            log.warning("%s config topic: %s", "device" if device_scope else "fleet", out.ignored)
+            return
+        if out.changed:
+            self._persist()
+        elif out.ack is None:
+            self._reapply()
         if out.ack is not None:
             level = logging.INFO if out.ack.accepted else logging.WARNING
             log.log(level, "config v%s %s %s", out.ack.version,
                     "accepted" if out.ack.accepted else "rejected:", out.ack.reason)
             self._publish_ack(out.ack)
 
-    def _persist_config(self) -> None:
-        doc = {
-            "fleet": json.loads(self.rec.config.fleet.to_json()) if self.rec.config.fleet else None,
-            "device": json.loads(self.rec.config.device.to_json()) if self.rec.config.device else None,
-        }
-        atomic_write(self.config.state_dir / CONFIG_FILE, json.dumps(doc).encode())
+    def _reapply(self) -> None:
+        # A duplicate (retained re-delivery): re-applied, idempotent, which proves the retained config is in force.
+        try:
+            self._params.apply_params(self.rec.effective_params())
+        except Exception:  # they were applied once already; the engine refusing them now changes nothing here
+            log.exception("re-applying the config in force failed")
+
+    def _persist(self) -> None:
+        self._persist_marks()  # first: a crash before the config is written still refuses older messages
+        self._disk.save_config(self.rec.config.fleet, self.rec.config.device)
+
+    def _persist_marks(self) -> None:
+        if self.rec.marks != self._saved_marks:
+            self._disk.save_marks(self.rec.marks)
+            self._saved_marks = dict(self.rec.marks)
 
     def _handle_model(self, device_scope: bool, payload: bytes) -> None:
         out = self.rec.receive_model(device_scope, payload)
+        if out.ignored:
+            log.warning("%s model topic: %s", "device" if device_scope else "fleet", out.ignored)
+            return
+        if out.changed:
+            self._persist_marks()  # before any ack: an acked message is never forgotten
         if out.ack is not None:
-            log.warning("model message rejected: %s", out.ack.reason)
+            level = logging.INFO if out.ack.accepted else logging.WARNING
+            log.log(level, "model message v%s %s %s", out.ack.version,
+                    "accepted (cleared)" if out.ack.accepted else "rejected:", out.ack.reason)
             self._publish_ack(out.ack)
         if out.changed:
             self._model_wanted.set()
@@ -269,34 +297,40 @@ class DeviceAgent:
     # ------------------------------------------------------------------ model thread
 
     def _model_worker(self) -> None:
-        # The version of the last desired-model message handled (acked), so each is acked once; after a reboot
-        # the retained message naming the installed model is not acked again.
+        # Each desired-model message is acked once (`_model_done`); after a reboot the retained message naming
+        # the installed model is not acked again.
         installed = self._models.installed if self._models else None
-        done = installed.version if installed else 0
+        self._model_done = installed.version if installed else 0
         while True:
             self._model_wanted.wait()
             self._model_wanted.clear()
             if self._stopping.is_set():
                 return
-            desired = self.rec.desired_model()
-            if desired is None or desired.version == done:
-                continue
-            done = desired.version
             try:
-                if self._models is None:
-                    raise UserError("this device has no model updater")
-                self._models.install(desired)  # a no-op beyond recording the version when already running
-                ack = self.rec.model_ack(desired, True)
-            except UserError as exc:
-                ack = self.rec.model_ack(desired, False, str(exc))
-            except Exception as exc:  # keep the old model on anything unexpected, and say why
-                log.exception("model install failed")
-                ack = self.rec.model_ack(desired, False, f"internal error: {exc}")
-            log.log(logging.INFO if ack.accepted else logging.WARNING, "model %s v%d %s %s",
-                    desired.model_version, desired.version, "installed" if ack.accepted else "rejected:",
-                    ack.reason)
-            self._publish_ack(ack)
-            self._inbox.put(("state", False, b""))
+                self._install_desired()
+            except Exception:  # e.g. the ack could not be queued: the next update must still be handled
+                log.exception("model update failed; waiting for the next one")
+
+    def _install_desired(self) -> None:
+        desired = self.rec.desired_model()
+        if desired is None or desired.version == self._model_done:
+            return
+        self._model_done = desired.version
+        try:
+            if self._models is None:
+                raise UserError("this device has no model updater")
+            self._models.install(desired)  # a no-op beyond recording the version when already running
+            ack = self.rec.model_ack(desired, True)
+        except UserError as exc:
+            ack = self.rec.model_ack(desired, False, str(exc))  # the reason is cut to the Ack limit
+        except Exception as exc:  # keep the old model on anything unexpected, and say why
+            log.exception("model install failed")
+            ack = self.rec.model_ack(desired, False, f"internal error: {exc}")
+        log.log(logging.INFO if ack.accepted else logging.WARNING, "model %s v%d %s %s",
+                desired.model_version, desired.version, "installed" if ack.accepted else "rejected:",
+                ack.reason[:200])
+        self._publish_ack(ack)
+        self._inbox.put(("state", False, b""))
 
     # ------------------------------------------------------------------ outgoing
 
@@ -321,3 +355,9 @@ class DeviceAgent:
     def _publish_ack(self, ack: Ack) -> None:
         # QoS 1: paho keeps it queued across a reconnect.
         self._client.publish(ack_topic_of(self.config.fleet, self.config.device_id), ack.to_json(), qos=QOS)
+
+    def _publish_ack_safely(self, ack: Ack) -> None:
+        try:
+            self._publish_ack(ack)
+        except Exception:
+            log.exception("could not publish the NACK for a failed message")

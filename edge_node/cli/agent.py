@@ -29,7 +29,8 @@ def add_agent_parser(sub: Any) -> None:
     p.add_argument("--fleet", required=True)
     p.add_argument("--device", required=True)
     p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT")
-    p.add_argument("--state-dir", required=True)
+    p.add_argument("--state-dir", required=True,
+                   help="persistent: the last accepted config and the desired-state high-water marks")
     p.add_argument("--pubkey", help="operator public key (PEM); required unless --allow-unsigned")
     p.add_argument("--allow-unsigned", action="store_true",
                    help="without --pubkey, accept unsigned desired state (labs only)")

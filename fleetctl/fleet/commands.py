@@ -1,4 +1,4 @@
-"""`fleetctl` subcommands for the MQTT control plane: config set, model publish, rollback, status, controller.
+"""`fleetctl` subcommands for the MQTT control plane: config set/clear, model publish, rollback, status, controller.
 
 Common options: --broker HOST:PORT, --fleet NAME, --redis-url-file FILE (or $FLEET_REDIS_URL, or --redis URL),
 --mqtt-user (or $FLEET_MQTT_USERNAME); the MQTT password comes from $FLEET_MQTT_PASSWORD_FILE /
@@ -23,6 +23,7 @@ from fleetctl.fleet.mqtt_io import BrokerSettings, collect_retained, read_passwo
 from fleetctl.fleet.rollout import (
     Rollout,
     RolloutPolicy,
+    clear_config,
     desired_from_artifact,
     manual_rollback,
     parse_assignments,
@@ -102,6 +103,14 @@ def cmd_config_set(args: argparse.Namespace) -> int:
     scope = f"device {args.device}" if args.device else f"fleet {args.fleet}"
     print(f"published config v{msg.version} for {scope}: "
           f"{json.dumps(msg.params.model_dump(mode='json', exclude_none=True), sort_keys=True)}")
+    return 0
+
+
+def cmd_config_clear(args: argparse.Namespace) -> int:
+    tomb = clear_config(settings_from(args), _store(args), _key(args), args.device)
+    what = (f"device {args.device}'s override (it inherits the fleet config)" if args.device
+            else f"fleet {args.fleet}'s config (devices use their engine defaults)")
+    print(f"cleared {what}: signed tombstone v{tomb.version}")
     return 0
 
 
@@ -221,6 +230,13 @@ def add_fleet_commands(sub: Any, model_sub: Any) -> None:
     _common(c)
     _signing(c)
     c.set_defaults(func=cmd_config_set)
+    c = config.add_parser("clear", help="publish a retained, signed, versioned tombstone: no override for "
+                          "--device any more, or no fleet-wide config (never an empty retained payload: devices "
+                          "ignore those)")
+    c.add_argument("--device", help="clear this device's override instead of the fleet-wide config")
+    _common(c)
+    _signing(c)
+    c.set_defaults(func=cmd_config_clear)
 
     p = model_sub.add_parser("publish", help="staged rollout: canary group first, then the whole fleet")
     p.add_argument("dir", help="signed artifact directory")

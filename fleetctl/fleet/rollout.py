@@ -8,7 +8,9 @@ Rollout state machine (recorded in Redis under `fleet:{fleet}:rollout`)::
     rolled_back  ◀──────────── previous model republished (new version) to the same topics
 
 Every desired-state message gets a new fleet-wide version from Redis (INCR) and is signed by the operator key,
-so the device orders them, and a rollback is simply a newer message naming the older model.
+so the device orders them, and a rollback is simply a newer message naming the older model. Clearing a retained
+topic is a signed `Tombstone` with a new version too, never an empty payload: devices ignore empty payloads (anyone
+who can delete a retained message can produce one), and keep refusing every version at or below a tombstone's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from shared.fleet_schema import (
     DesiredModel,
     DeviceState,
     FetchInfo,
+    Kind,
+    Tombstone,
     all_states_topic,
     check_name,
     device_config_topic,
@@ -125,19 +129,26 @@ def publish_config(settings: BrokerSettings, store: FleetStore, key: Ed25519Priv
     return _publish_config_params(settings, store, key, params, device)
 
 
-def _publish_config_params(settings: BrokerSettings, store: FleetStore, key: Ed25519PrivateKey,
-                           params: ConfigParams, device: str | None) -> DesiredConfig:
-    msg = DesiredConfig(fleet=store.fleet, device=device, version=store.next_version(), params=params,
-                        issued_at=time.time())
-    msg = msg.signed(key)
-    topic = device_config_topic(store.fleet, device) if device else fleet_config_topic(store.fleet)
+def _publish_retained(settings: BrokerSettings, topic: str, payload: bytes) -> None:
     client = connect(settings, f"fleetctl-config-{time.monotonic_ns() % 10**9}")
     try:
-        publish(client, topic, msg.to_json(), retain=True)
+        publish(client, topic, payload, retain=True)
     finally:
         client.disconnect()
         client.loop_stop()
-    store.save_config(msg)
+
+
+def _config_topic(fleet: str, device: str | None) -> str:
+    return device_config_topic(fleet, device) if device else fleet_config_topic(fleet)
+
+
+def _publish_config_params(settings: BrokerSettings, store: FleetStore, key: Ed25519PrivateKey,
+                           params: ConfigParams, device: str | None, push_history: bool = True) -> DesiredConfig:
+    msg = DesiredConfig(fleet=store.fleet, device=device, version=store.next_version(), params=params,
+                        issued_at=time.time())
+    msg = msg.signed(key)
+    _publish_retained(settings, _config_topic(store.fleet, device), msg.to_json())
+    store.save_config(msg, push_history=push_history)
     return msg
 
 
@@ -145,9 +156,26 @@ def rollback_config(settings: BrokerSettings, store: FleetStore, key: Ed25519Pri
     previous = store.pop_config_history()
     if previous is None:
         raise UserError(f"fleet {store.fleet}: no earlier fleet config to roll back to")
-    msg = _publish_config_params(settings, store, key, previous.params, None)
-    store.r.lpop(store._k("config", "history"))  # the republish pushed the rolled-back one; drop it
-    return msg
+    # The config in force is not pushed: rolling back again goes further back, not to and fro.
+    return _publish_config_params(settings, store, key, previous.params, None, push_history=False)
+
+
+def make_tombstone(store: FleetStore, key: Ed25519PrivateKey, kind: Kind, device: str | None) -> Tombstone:
+    """A signed clear of one topic, with the next fleet version: above everything published there before."""
+    return Tombstone(fleet=store.fleet, device=device, version=store.next_version(), kind=kind,
+                     issued_at=time.time()).signed(key)
+
+
+def clear_config(settings: BrokerSettings, store: FleetStore, key: Ed25519PrivateKey,
+                 device: str | None = None) -> Tombstone:
+    """Clear a device's override (it inherits the fleet config again) or, with None, the fleet-wide config (the
+    engine defaults apply): a retained signed tombstone replaces the message on the topic."""
+    if device is not None:
+        check_name(device, "device id")
+    tomb = make_tombstone(store, key, "config", device)
+    _publish_retained(settings, _config_topic(store.fleet, device), tomb.to_json())
+    store.clear_config(device)
+    return tomb
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -194,8 +222,8 @@ class Rollout:
     def _publish_model(self, client: Client, template: DesiredModel | None, device: str | None) -> int | None:
         fleet = self.store.fleet
         topic = device_model_topic(fleet, device) if device else fleet_model_topic(fleet)
-        if template is None:
-            publish(client, topic, b"", retain=True)  # clear the retained desired model
+        if template is None:  # clear the retained desired model; nothing to install, so nothing waited for
+            publish(client, topic, make_tombstone(self.store, self.key, "model", device).to_json(), retain=True)
             return None
         version = self.store.next_version()
         msg = template.model_copy(update={"version": version, "device": device, "fleet": self.store.fleet,

@@ -2,12 +2,13 @@
 
 Keys (all under `fleet:{fleet}:`)::
 
-    seq                     INCR counter: the version of every desired-state message (config and model)
+    seq                     INCR counter: the version of every desired-state message (config and model), the
+                            tombstones that clear a topic included, so devices can order them all
     devices                 SET of device ids ever seen
     device:{id}             HASH state (DeviceState JSON), online (0/1), last_seen (unix seconds)
     acks:{kind}:{version}   HASH device -> Ack JSON
-    config                  STRING the fleet-wide DesiredConfig JSON last published
-    config:device:{id}      STRING a device's override
+    config                  STRING the fleet-wide DesiredConfig JSON last published (absent once cleared)
+    config:device:{id}      STRING a device's override (absent once cleared)
     config:history          LIST previous fleet-wide DesiredConfig JSON, newest first
     model:stable            STRING the DesiredModel JSON the whole fleet last completed a rollout to
     model:history           LIST previous stable DesiredModel JSON, newest first
@@ -95,17 +96,34 @@ class FleetStore:
         raw = self.r.get(self._k("config", "device", device) if device else self._k("config"))
         return parse_payload(DesiredConfig, raw) if raw else None
 
-    def save_config(self, msg: DesiredConfig) -> None:
+    def save_config(self, msg: DesiredConfig, push_history: bool = True) -> None:
+        """Record a published config; the fleet-wide one it replaces goes onto the history (unless
+        `push_history` is False: a rollback republishing the history's head)."""
         if msg.device:
             self.r.set(self._k("config", "device", msg.device), msg.to_json())
             return
-        old = self.r.get(self._k("config"))
         pipe = self.r.pipeline()
+        if push_history:
+            self._push_config_history(pipe)
+        pipe.set(self._k("config"), msg.to_json())
+        pipe.execute()
+
+    def clear_config(self, device: str | None) -> None:
+        """Record a published config tombstone: no override for `device` any more, or (None) no fleet config,
+        whose last one goes onto the history so `rollback --config` can bring it back."""
+        if device:
+            self.r.delete(self._k("config", "device", device))
+            return
+        pipe = self.r.pipeline()
+        self._push_config_history(pipe)
+        pipe.delete(self._k("config"))
+        pipe.execute()
+
+    def _push_config_history(self, pipe: Any) -> None:
+        old = self.r.get(self._k("config"))
         if old:
             pipe.lpush(self._k("config", "history"), old)
             pipe.ltrim(self._k("config", "history"), 0, 49)
-        pipe.set(self._k("config"), msg.to_json())
-        pipe.execute()
 
     def pop_config_history(self) -> DesiredConfig | None:
         raw = self.r.lpop(self._k("config", "history"))

@@ -23,7 +23,14 @@ from fleetctl.fleet.controller import run_controller
 from fleetctl.fleet.mqtt_io import BrokerSettings, collect_retained
 from fleetctl.fleet.rollout import pick_canary
 from fleetctl.fleet.store import FleetStore, connect_redis
-from shared.fleet_schema import DesiredModel, device_model_topic, fleet_model_topic, parse_payload
+from shared.fleet_schema import (
+    DesiredModel,
+    Tombstone,
+    device_model_topic,
+    fleet_model_topic,
+    parse_desired,
+    parse_payload,
+)
 from shared.signing import load_public_key
 from testkit.fleet import (
     FLEET,
@@ -124,6 +131,14 @@ def test_canary_nack_halts_and_rolls_back(fleet_env: FleetEnv, fleet4: dict[str,
     rec = store.rollout()
     assert rec is not None and rec["state"] == "done" and len(rec["canary"]) == 1
     assert store.stable_model() is not None and store.stable_model().model_version == "1"  # type: ignore[union-attr]
+    # The canary's per-device message was cleared with a signed tombstone above its version, not an empty
+    # payload (devices ignore those: anyone who can delete a retained message could send one).
+    settings = BrokerSettings(port=fleet_env.broker.port)
+    cleared = collect_retained(settings, device_model_topic(FLEET, rec["canary"][0]))
+    tomb = parse_desired(DesiredModel, next(iter(cleared.values()), b"{}"))
+    assert isinstance(tomb, Tombstone) and tomb.kind == "model", tomb
+    assert tomb.version > rec["canary_versions"][rec["canary"][0]]
+    tomb.verify(fleet_env.keys.private.public_key())
 
     # 2. A model that fails its self-test: the canary NACKs, the rollout halts and rolls back on its own.
     capsys.readouterr()
@@ -137,7 +152,6 @@ def test_canary_nack_halts_and_rolls_back(fleet_env: FleetEnv, fleet4: dict[str,
     assert set(serving(fleet4).values()) == {"1"}  # nobody runs the bad model
     fetched_bad = [r for r in servicer.requests if r[0] == "manifest.json"]
     assert len(fetched_bad) == 4 + 1  # 4 devices fetched v1's manifest, only the canary tried the bad one
-    settings = BrokerSettings(port=fleet_env.broker.port)
     retained = collect_retained(settings, device_model_topic(FLEET, canary[0]))
     back = parse_payload(DesiredModel, next(iter(retained.values())))
     assert back.model_version == "1" and back.version > rec["canary_versions"][canary[0]]
