@@ -18,6 +18,12 @@ FLEET=${FLEET:-default}
 die() { echo "make-secrets.sh: $*" >&2; exit 2; }
 
 [ "${1:-}" = "--force" ] && rm -rf "$OUT"
+# An ACL made before issue 13 (finding 7) let every device into every fleet (`pattern ... fleet/+/devices/%u/...`):
+# such a secrets folder is not complete, it is made anew.
+if [ -f "$OUT/.complete" ] && grep -qs '^pattern .*fleet/+' "$OUT/broker/acl"; then
+    echo "secrets: $OUT/broker/acl has the cross-fleet device patterns; making new secrets"
+    rm -f "$OUT/.complete"
+fi
 if [ -f "$OUT/.complete" ]; then echo "secrets: $OUT is complete (--force to make new ones)"; exit 0; fi
 [ "$(id -u)" -eq 0 ] || die "run as root: each service's folder is handed to the uid its container runs as"
 command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found (make setup installs mosquitto)"

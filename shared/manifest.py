@@ -13,18 +13,23 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared import signing
-from shared.errors import VerificationError
+from shared.errors import UserError, VerificationError
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 MANIFEST_SCHEMA = 1
+# The most bytes a manifest.json may have. tiny.en's is 2.6 kB (a name, some metadata, a sha256 and a size per
+# file): 1 MiB leaves room for artifacts of thousands of files, and is what a device downloads at most before the
+# manifest's sha256 can be checked (issue 13, finding 5). FetchModel refuses to serve a bigger one.
+MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
@@ -59,17 +64,45 @@ def write_manifest(directory: Path, meta: dict[str, Any], key: Ed25519PrivateKey
         files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     doc = {"schema": MANIFEST_SCHEMA, **meta, "files": files}
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    if len(data) > MAX_MANIFEST_BYTES:  # devices and FetchModel would refuse it: fail the build instead
+        raise UserError(f"{directory / MANIFEST_NAME}: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} "
+                        f"a manifest may have (too many files)")
     (directory / MANIFEST_NAME).write_bytes(data)
     (directory / SIGNATURE_NAME).write_text(base64.b64encode(signing.sign(key, data)).decode() + "\n")
     return _parse(data)
 
 
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_entry(rel: object, info: object) -> None:
+    """One `files` entry: a relative path that stays inside the artifact, a byte size and a sha256. Even a
+    signed manifest is checked: an edge writes each file under its listed name, so `../x` or `/etc/x` would
+    write outside its model directory. TypeError/ValueError naming the entry otherwise."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\\" in rel:
+        raise ValueError(f"file name {rel!r} is not a relative path")
+    parts = PurePosixPath(rel).parts
+    if rel.startswith("/") or any(p in ("..", ".") for p in parts) or rel in (MANIFEST_NAME, SIGNATURE_NAME):
+        raise ValueError(f"file name {rel[:80]!r} leaves the artifact directory or names the manifest")
+    if not isinstance(info, dict):
+        raise TypeError(f"entry of {rel[:80]!r} is not an object")
+    size, digest = info.get("size"), info.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"size of {rel[:80]!r} is not a byte count")
+    if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+        raise ValueError(f"sha256 of {rel[:80]!r} is not 64 hex digits")
+
+
 def _parse(data: bytes) -> Manifest:
     try:
         doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
         files = doc["files"]
         if not isinstance(files, dict):
             raise TypeError("files is not an object")
+        for rel, info in files.items():
+            _check_entry(rel, info)
         return Manifest(
             name=str(doc["name"]),
             version=str(doc["version"]),

@@ -20,8 +20,8 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
-from shared.fleet_schema import ConfigParams
-from shared.manifest import Manifest, read_manifest, write_manifest
+from shared.fleet_schema import ConfigParams, DesiredModel, FetchInfo
+from shared.manifest import SIGNATURE_NAME, Manifest, read_manifest, write_manifest
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -104,6 +104,16 @@ def build_artifact(root: Path, name: str, version: str, key: Ed25519PrivateKey, 
     (directory / "weights.bin").write_bytes(os.urandom(extra_bytes))
     manifest = write_manifest(directory, {"name": name, "version": version, "model": "scale-test"}, key)
     return directory, manifest
+
+
+def desired_model(directory: Path, grpc_target: str, version: int = 1, device: str = "dev1") -> DesiredModel:
+    """The (unsigned) DesiredModel `fleetctl model publish` would send for the artifact in `directory`: what
+    `ModelUpdater.install` takes once the agent has checked the message's signature."""
+    m = read_manifest(directory)
+    return DesiredModel(fleet=FLEET, device=device, version=version, name=m.name, model_version=m.version,
+                        manifest_sha256=m.sha256, size=m.total_bytes,
+                        manifest_signature=(directory / SIGNATURE_NAME).read_text().strip(),
+                        fetch=FetchInfo(grpc_target=grpc_target, name=m.name, version=m.version))
 
 
 class OnnxTarget:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Add MQTT users for whisper-fleet to a mosquitto password file and ACL.
 #
-#   provision.sh device FLEET DEVICE_ID   make a device user; its password goes to secrets/DEVICE_ID.mqtt
+#   provision.sh device FLEET DEVICE_ID   make a device user; its password goes to secrets/DEVICE_ID.mqtt, its
+#                                         ACL block (every topic with FLEET spelled out) is appended to $ACL
 #   provision.sh service NAME             make a service user (fleet-operator, fleet-controller, cloud-service)
 #
 # Environment: PASSWD (default /etc/mosquitto/fleet/passwd), ACL (default /etc/mosquitto/fleet/acl),
@@ -32,13 +33,22 @@ add_user() {  # add_user USER -> password in $SECRETS/USER.mqtt
     echo "user $user: password written to $secret"
 }
 
+device_block() {  # device_block FLEET ID -> the device's ACL lines, its fleet spelled out in every topic
+    # mosquitto substitutes the username (%u) but has nothing for a fleet: a `fleet/+/devices/%u/...` pattern
+    # would let the device into every fleet (issue 13, finding 7). So every topic names FLEET literally.
+    local fleet=$1 id=$2 dev="fleet/$1/devices/$2"
+    printf '\nuser %s\n' "$id"
+    printf 'topic read %s\n' "fleet/$fleet/config" "fleet/$fleet/model" "$dev/config" "$dev/model" "$dev/results"
+    printf 'topic write %s\n' "$dev/state" "$dev/ack" "$dev/results"
+}
+
 case "${1:-}" in
     device)
         [[ $# -eq 3 ]] || die "usage: provision.sh device FLEET DEVICE_ID"
         check "$2" fleet; check "$3" "device id"
         if grep -qx "user $3" "$ACL" 2>/dev/null; then die "device $3 already provisioned in $ACL"; fi
         add_user "$3"
-        printf '\nuser %s\ntopic read fleet/%s/config\ntopic read fleet/%s/model\n' "$3" "$2" "$2" >> "$ACL"
+        device_block "$2" "$3" >> "$ACL"
         ;;
     service)
         [[ $# -eq 2 ]] || die "usage: provision.sh service NAME"

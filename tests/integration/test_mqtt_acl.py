@@ -127,6 +127,50 @@ def test_device_cannot_touch_other_devices_topics(secured: tuple[MosquittoServer
         c.close()
 
 
+def test_device_cannot_join_another_fleet(secured: tuple[MosquittoServer, dict[str, str]]) -> None:
+    """Issue 13, finding 7: with `fleet/+/devices/%u/...` patterns, dev-a of fleet lab could publish a retained
+    online state and acks into fleet other (its controller counted it, its rollout was vetoed) and read other's
+    canary message. Every device topic must name the device's own fleet literally."""
+    server, pw = secured
+    op = Client(server.port, "fleet-operator", pw["fleet-operator"])
+    op.subscribe("fleet/#")
+    a, c = Client(server.port, "dev-a", pw["dev-a"]), Client(server.port, "dev-c", pw["dev-c"])
+    own, foreign = "fleet/lab/devices/dev-a", "fleet/other/devices/dev-a"
+    readable = {"dev-a": {"fleet/lab/config", "fleet/lab/model", f"{own}/config", f"{own}/model", f"{own}/results"},
+                "dev-c": {"fleet/other/config", "fleet/other/model", "fleet/other/devices/dev-c/config",
+                          "fleet/other/devices/dev-c/model", "fleet/other/devices/dev-c/results"}}
+    refused = {f"{foreign}/config", f"{foreign}/model", f"{foreign}/results", "fleet/other/config",
+               "fleet/other/model", "fleet/other/devices/dev-c/model"}
+    for t in readable["dev-a"] | refused:
+        a.subscribe(t)
+    for t in readable["dev-c"]:
+        c.subscribe(t)
+    time.sleep(0.2)  # let the SUBSCRIBEs reach the broker before the retained messages below
+
+    # Writing: its own fleet's state/ack/results, never the same leaves under another fleet.
+    for leaf in ("state", "ack", "results"):
+        assert not a.publish(f"{own}/{leaf}", b"own").is_failure, leaf
+        assert not c.publish(f"fleet/other/devices/dev-c/{leaf}", b"own").is_failure, leaf
+        rc = a.publish(f"{foreign}/{leaf}", b"forged", retain=True)
+        assert rc.is_failure and "authori" in str(rc).lower(), (leaf, rc)
+    wait_until(lambda: sum(1 for _, p in op.received if p == b"own") == 6, what="own messages at the operator")
+    assert not [t for t, p in op.received if p == b"forged"], op.received
+
+    # Reading: the desired state of its own fleet and its own per-device topics; nothing of fleet other.
+    for topic in sorted(readable["dev-a"] | readable["dev-c"] | refused):
+        assert not op.publish(topic, f"desired {topic}".encode(), retain=True).is_failure, topic
+    def delivered(client: Client) -> set[str]:
+        return {t for t, p in client.received if p.startswith(b"desired")}
+
+    wait_until(lambda: delivered(a) >= readable["dev-a"] and delivered(c) >= readable["dev-c"],
+               what="each device's own messages")
+    time.sleep(0.3)  # a forbidden delivery would have arrived by now too
+    assert {t for t, _ in a.received} == readable["dev-a"]
+    assert {t for t, _ in c.received} == readable["dev-c"]
+    for cl in (op, a, c):
+        cl.close()
+
+
 def test_provision_keeps_passwords_off_argv_and_the_broker_accepts_them(tmp_path: Path) -> None:
     real = shutil.which("mosquitto_passwd")
     require(real is not None, "mosquitto_passwd is not installed")

@@ -62,3 +62,20 @@ def test_a_grown_file_fails_on_its_size_before_any_hashing(signed: tuple[Path, P
     with pytest.raises(VerificationError, match=r"encoder\.onnx: size 101 != 100 in manifest"):
         verify_artifact(d, load_public_key(pub))
     assert json.loads((d / "manifest.json").read_text())["files"]["encoder.onnx"]["size"] == 100
+
+
+def test_a_manifest_over_the_device_bound_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices download at most MAX_MANIFEST_BYTES of a manifest (issue 13, finding 5): a build that would need
+    more fails at once instead of making an artifact no device installs."""
+    from shared import manifest
+    from shared.errors import UserError
+
+    priv, _ = init_keypair(tmp_path / "keys")
+    d = tmp_path / "art"
+    d.mkdir()
+    for i in range(3):
+        (d / f"part{i}.bin").write_bytes(b"x")
+    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 200)  # three entries are ~400 bytes of JSON
+    with pytest.raises(UserError, match=r"more than the 200 a manifest may have"):
+        write_manifest(d, {"name": "t", "version": "1"}, load_private_key(priv))
+    assert not (d / "manifest.json").exists()
