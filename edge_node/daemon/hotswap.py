@@ -35,6 +35,11 @@ class HotSwap:
 
     # -- the agent's side (never block) --------------------------------------------------------------------------
     def apply_params(self, params: ConfigParams) -> None:
+        """Check `params` now, on the agent's thread, so one the engine cannot run (a prompt its tokenizer
+        refuses, an impossible setting) raises here and is NACKed, instead of failing later on the daemon's
+        thread. A dry run: the settings are built on a copy of the serving transcriber, then dropped."""
+        new = apply_params(params, self._base)
+        self.transcriber.with_config(new.edge)
         with self._lock:
             self._pending_params = params
 
@@ -73,7 +78,10 @@ class HotSwap:
             if not policy_only:
                 self._pending_params, self._swap_to = None, None
         if params is not None:
-            self._apply(params, policy_only)
+            try:
+                self._apply(params, policy_only)
+            except Exception:  # checked in apply_params already; still, the daemon must keep transcribing
+                log.exception("could not apply live parameters; the previous ones stay in force")
         if swap is not None and not policy_only:
             self.transcriber = swap.with_config(self.tunables.edge)
             log.info("now serving model %s", swap.config.model_dir)
