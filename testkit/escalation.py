@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +69,34 @@ def daemon_cmd(source: str, state: Path, events: Path, device: str, cloud: str |
     return cmd + list(extra)
 
 
-def run_daemon(cmd: list[str], log: Path, timeout: float = 240, stdin: bytes | None = None) -> int:
+def daemon_env(measure_coverage: bool = True) -> dict[str, str]:
+    """The environment a test daemon runs in. `measure_coverage=False` leaves coverage's subprocess hook out: a
+    child whose file sizes are capped (`file_size_limit`) could not write its coverage data file at exit."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if not measure_coverage:
+        for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START"):
+            env.pop(name, None)
+    return env
+
+
+def file_size_limit(max_bytes: int) -> Callable[[], None]:
+    """A `preexec_fn` giving the child a full disk as it sees it: no file may grow past `max_bytes`
+    (RLIMIT_FSIZE, `ulimit -f`; Python ignores SIGXFSZ, so such a write fails with EFBIG instead of killing it)."""
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def run_daemon(cmd: list[str], log: Path, timeout: float = 240, stdin: bytes | None = None,
+               max_file_bytes: int | None = None) -> int:
+    """Run the daemon to its end, stdout and stderr appended to `log`. `max_file_bytes`: see `file_size_limit`
+    (it caps `log` too: give such a run a log of its own)."""
+    limit = None if max_file_bytes is None else file_size_limit(max_file_bytes)
     with log.open("ab") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=f, timeout=timeout,
-                              input=stdin, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=f, timeout=timeout, input=stdin,
+                              env=daemon_env(measure_coverage=limit is None), preexec_fn=limit)
     return proc.returncode
 
 

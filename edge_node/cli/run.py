@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,32 @@ if TYPE_CHECKING:
 # functions that use them: `edge-node` parses its command line for every command, and `transcribe` or `--help`
 # should not pay ~0.5 s for them.
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`, refused with argparse's own one-line error (exit 2) otherwise.
+    `--outbox-max-entries 0` used to be accepted and crash the first escalation."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, not {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text}")
+    return value
+
+
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="the edge daemon: transcribe a source, escalate doubtful segments to the cloud")
     p.add_argument("--source", required=True, help="an audio file, a directory files arrive in, or - for raw "
@@ -37,18 +65,20 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, default=Path("state"), help="outbox and progress (default ./state)")
     p.add_argument("--outbox-key-file", type=Path, help="AES-256 key file (default: STATE_DIR/outbox.key, "
                    "made on first start)")
-    p.add_argument("--outbox-max-entries", type=int, default=10_000)
+    p.add_argument("--outbox-max-entries", type=_int_at_least(1), default=10_000, metavar="N",
+                   help="most escalations kept waiting; when full the oldest is dropped, logged and counted "
+                   "(default 10000)")
     p.add_argument("--events", type=Path, help="JSON Lines output file (default stdout)")
     p.add_argument("--wire", choices=["flac", "opus", "pcm16"], default="flac", help="audio encoding to the cloud")
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION",
                    help="most share of audio seconds escalated per rolling 10 min (default 0.5)")
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_int_at_least(0), default=0)
     p.add_argument("--beam", type=int, default=None)
     p.add_argument("--prompt", default=None, help="initial prompt (hot words)")
     p.add_argument("--split-pause", type=float, default=0.5, metavar="SECONDS",
                    help="a pause this long ends a segment, so each utterance is judged on its own (default 0.5)")
-    p.add_argument("--timeout", type=float, default=30.0, help="deadline per cloud call, seconds")
+    p.add_argument("--timeout", type=_positive_seconds, default=30.0, help="deadline per cloud call, seconds")
     p.add_argument("--heartbeat-file", type=Path, help="touched while alive (container health checks)")
     m = p.add_argument_group("MQTT control plane (live parameters, model rollouts, state)")
     m.add_argument("--mqtt", metavar="HOST:PORT", help="broker; omit to run without a control plane")

@@ -35,6 +35,13 @@ class DaemonConfig:
     agent: AgentConfig | None = None  # MQTT control plane: live parameters, model rollouts, state
     operator_pubkey: Path | None = None  # verifies model artifacts pushed over MQTT
 
+    def __post_init__(self) -> None:
+        # The CLI refuses such values with a message naming the flag; this is the invariant for other callers.
+        if self.in_flight < 1:
+            raise ValueError(f"DaemonConfig.in_flight must be >= 1, not {self.in_flight}")
+        if not self.stream_chunk_s > 0:
+            raise ValueError(f"DaemonConfig.stream_chunk_s must be > 0, not {self.stream_chunk_s}")
+
     @property
     def source_kind(self) -> str:
         if self.source == "-":

@@ -7,11 +7,17 @@ the request -> `revision` event. A crash anywhere replays from the outbox; the c
 
 The parts: `DaemonConfig` (config.py), the sender (sender.py), live parameters and model swaps (hotswap.py); this
 module reads the source, decides per segment (edge_node/core/escalation_policy.py `decide`) and wires the rest.
+
+What the user must fix is refused at start-up as a UserError (one line, exit 2): a state directory that cannot be
+written, an outbox key that is unreadable, malformed or not the outbox's own, an outbox that cannot be created (a
+full disk). What fails later costs an escalation, never the edge's text: a segment whose request cannot be written
+to the outbox is still emitted (final, with an `escalation_failed` event), logged and counted.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,7 +35,7 @@ from edge_node.daemon.config import DaemonConfig
 from edge_node.daemon.events import EventWriter
 from edge_node.daemon.hotswap import HotSwap
 from edge_node.daemon.live_params import Tunables
-from edge_node.daemon.outbox import Outbox, create_key, load_key
+from edge_node.daemon.outbox import Outbox, OutboxError, create_key, load_key
 from edge_node.daemon.sender import EscalationSender
 from edge_node.daemon.sources import AudioChunk, ProcessedLog, read_file, read_pcm16_stream, watch_directory
 from edge_node.engine.transcriber import EdgeTranscriber, Segment
@@ -42,13 +48,14 @@ from shared.signing import load_public_key
 log = logging.getLogger(__name__)
 
 SEGMENT_PAD_S = 0.1  # context on each side of a segment sent to the cloud
+STATE_PROBE_BYTES = 4096  # written and fsynced once at start-up: a state dir that cannot take this is refused
 
 
 class EdgeDaemon:
     def __init__(self, config: DaemonConfig, transcriber: EdgeTranscriber | None = None) -> None:
         self.config = config
         self.stop = threading.Event()
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_state_dir(config.state_dir)
         self.outbox = _open_outbox(config)
         self.events = EventWriter(config.events)
         # Live parameters and model swaps arrive on the MQTT agent's thread and are taken up between segments.
@@ -56,7 +63,11 @@ class EdgeDaemon:
         self.budget = EscalationBudget(config.policy)
         self.client = EscalationClient(config.cloud) if config.cloud else None
         self.processed = ProcessedLog(config.state_dir / "processed.txt")
-        self.counters = {"segments": 0, "escalated": 0, "over_budget": 0, "revisions": 0}
+        # Reported in the "stopped" log line and in the MQTT state (`fleetctl status`). quarantined: escalations
+        # whose outbox row could not be read; outbox_write_failed: escalations that could not be queued (a full
+        # disk); sender_errors: sender rounds that failed for any other reason and were retried.
+        self.counters = {"segments": 0, "escalated": 0, "over_budget": 0, "revisions": 0, "quarantined": 0,
+                         "outbox_write_failed": 0, "sender_errors": 0}
         self.sender = EscalationSender(
             self.client, self.outbox, self.events, self.counters, in_flight=config.in_flight,
             backoff=config.backoff, breaker=config.breaker, heartbeat=self._heartbeat,
@@ -67,9 +78,13 @@ class EdgeDaemon:
     # -- main loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
         self._install_signals()
-        self.sender.emit_recorded_answers()
+        try:
+            self.sender.emit_recorded_answers()
+        except OutboxError as exc:  # they stay recorded: emitted at the next start
+            log.error("answers recorded before the last stop cannot be emitted now: %s", exc)
         self._start_agent()
         self.sender.start()
+        drained = True
         kind = self.config.source_kind
         log.info("edge node %s reading %s (%s)", self.config.device_id, self.config.source, kind)
         try:
@@ -85,11 +100,11 @@ class EdgeDaemon:
             if kind == "dir" and not self.stop.is_set():
                 self.stop.wait()
             elif drain and self.client:
-                self._wait_drained()
+                drained = self._wait_drained()
         finally:
             self.sender.stop(timeout_s=10)
             self._shutdown()
-        return 0
+        return 0 if drained else 1
 
     def _chunks(self, kind: str) -> Iterator[AudioChunk]:
         if kind == "stdin":
@@ -116,19 +131,30 @@ class EdgeDaemon:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
 
-    def _wait_drained(self) -> None:
+    def _wait_drained(self) -> bool:
+        """Until the outbox is empty or a signal stops us. False if the sender is gone (it should never die; if
+        it does, waiting would be for ever): the escalations stay on disk for the next start."""
         while not self.stop.is_set():
-            stats = self.outbox.stats()
-            if stats["pending"] == 0:
-                return
+            if not self.sender.alive:
+                log.error("the escalation sender stopped unexpectedly; pending escalations stay in the outbox")
+                return False
+            try:
+                if self.outbox.stats()["pending"] == 0:
+                    return True
+            except OutboxError as exc:  # a passing I/O error: ask again
+                log.warning("%s", exc)
             self.stop.wait(0.2)
+        return True
 
     def _shutdown(self) -> None:
         if self.agent is not None:
             self.agent.stop()
         if self.client:
             self.client.close()
-        stats = self.outbox.stats()
+        try:
+            stats: dict[str, int] | str = self.outbox.stats()
+        except OutboxError as exc:
+            stats = str(exc)
         log.info("stopped: %s; outbox %s", self.counters, stats)
         self.outbox.close()
         self.events.close()
@@ -168,11 +194,10 @@ class EdgeDaemon:
         if over_budget:
             escalate = False
             self.counters["over_budget"] += 1
+        failure = None
         if escalate:
-            request = self._request(chunk, seg, seg_id, decision)
-            self.outbox.put(seg_id, request.SerializeToString(), duration)
-            self.counters["escalated"] += 1
-            self.sender.wake()
+            failure = self._escalate(chunk, seg, seg_id, decision, duration)
+            escalate = failure is None
         event: dict[str, Any] = {
             "type": "segment", "segment_id": seg_id,
             "start": round(chunk.offset_s + seg.start, 3), "end": round(chunk.offset_s + seg.end, 3),
@@ -182,6 +207,24 @@ class EdgeDaemon:
         if over_budget:
             event["budget_exceeded"] = True
         self.events.emit(event)
+        if failure is not None:
+            self.events.emit({"type": "escalation_failed", "segment_id": seg_id, "reason": failure,
+                              "ts": round(time.time(), 3)})
+
+    def _escalate(self, chunk: AudioChunk, seg: Segment, seg_id: str, decision: Decision,
+                  duration: float) -> str | None:
+        """Queue the segment's request in the outbox; None once it is there, else why it is not. The edge text
+        goes out either way: the transcript is never lost to a failed escalation (a full disk)."""
+        request = self._request(chunk, seg, seg_id, decision)
+        try:
+            self.outbox.put(seg_id, request.SerializeToString(), duration)
+        except OutboxError as exc:
+            self.counters["outbox_write_failed"] += 1
+            log.error("escalation %s not queued (%s): its edge text stands", seg_id, exc)
+            return str(exc)
+        self.counters["escalated"] += 1
+        self.sender.wake()
+        return None
 
     def _request(self, chunk: AudioChunk, seg: Segment, seg_id: str, decision: Decision) -> asr_pb2.TranscribeRequest:
         start, end = _audio_span(seg)
@@ -238,13 +281,35 @@ def stdin_stream_id() -> str:
     return f"stdin{int(time.time() * 1000)}"
 
 
+def _prepare_state_dir(path: Path) -> None:
+    """Make the state directory and prove it takes a small fsynced write, so an unwritable one (read-only, a
+    regular file on its path, a full disk) is one line at start-up, not a traceback from deep in SQLite."""
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(STATE_PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise UserError(f"--state-dir {path}: cannot write there ({exc.strerror or exc}); the outbox and "
+                        "progress are kept there, so it must be a writable directory with free space") from None
+
+
 def _open_outbox(config: DaemonConfig) -> Outbox:
     """The encrypted outbox; its key is made on first start unless the operator provides one."""
     key_file = config.outbox_key_file or config.state_dir / "outbox.key"
     if config.outbox_key_file is None and not key_file.exists():
-        create_key(key_file)
+        try:
+            create_key(key_file)
+        except OSError as exc:
+            raise UserError(f"cannot create the outbox key {key_file}: {exc.strerror or exc}") from None
         log.info("created outbox key %s", key_file)
-    return Outbox(config.state_dir / "outbox.db", load_key(key_file), config.outbox_limits)
+    name = f"--outbox-key-file {key_file}" if config.outbox_key_file else f"the outbox key {key_file}"
+    return Outbox(config.state_dir / "outbox.db", load_key(key_file), config.outbox_limits, key_name=name)
 
 
 def _audio_span(seg: Segment) -> tuple[float, float]:

@@ -19,11 +19,23 @@ class BackoffPolicy:
     cap_s: float = 30.0
     multiplier: float = 2.0
 
+    def __post_init__(self) -> None:
+        if not self.base_s > 0:
+            raise ValueError(f"BackoffPolicy.base_s must be > 0, not {self.base_s}")
+        if not self.cap_s >= self.base_s:
+            raise ValueError(f"BackoffPolicy.cap_s must be >= base_s ({self.base_s}), not {self.cap_s}")
+        if not self.multiplier >= 1:
+            raise ValueError(f"BackoffPolicy.multiplier must be >= 1, not {self.multiplier}")
+
+    def ceiling(self, attempt: int) -> float:
+        """min(cap, base * mult^attempt): the longest wait after `attempt` failures (also the sender's own pause
+        after a round that failed for a reason of its own, where jitter buys nothing)."""
+        return min(self.cap_s, self.base_s * self.multiplier ** min(max(0, attempt), 64))
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * mult^attempt)], so many devices
-        coming back after an outage do not retry in lock-step."""
-        ceiling = min(self.cap_s, self.base_s * self.multiplier ** max(0, attempt))
-        return (rng or random).uniform(0.0, ceiling)
+        """Full jitter (AWS architecture blog): uniform in [0, ceiling(attempt)], so many devices coming back
+        after an outage do not retry in lock-step."""
+        return (rng or random).uniform(0.0, self.ceiling(attempt))
 
 
 class BreakerState(StrEnum):
@@ -36,6 +48,12 @@ class BreakerState(StrEnum):
 class BreakerPolicy:
     failure_threshold: int = 5  # consecutive failures that open the breaker
     reset_after_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError(f"BreakerPolicy.failure_threshold must be >= 1, not {self.failure_threshold}")
+        if not self.reset_after_s >= 0:
+            raise ValueError(f"BreakerPolicy.reset_after_s must be >= 0, not {self.reset_after_s}")
 
 
 class CircuitBreaker:

@@ -4,6 +4,11 @@ Up to `in_flight` requests go out at once (the cloud batches requests that arriv
 call is retried with backoff (jitter) behind a circuit breaker; one the cloud will never take is given up, logged
 and reported. An answer is recorded in the same transaction that removes its request, then emitted; answers
 recorded but not yet emitted before a crash are emitted at the next start.
+
+The thread never dies of an error (issue 13, finding 8): a row that cannot be read is quarantined by the outbox and
+reported here as `escalation_failed`; anything else that goes wrong in a round (a full disk, a bug) is logged,
+counted (`sender_errors`) and the round tried again after a backoff. A dead sender used to leave the daemon
+waiting for ever with everything pending.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import threading
 import time
 from collections.abc import Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
-from edge_node.adapters.cloud_client import CloudError, EscalationClient
+from google.protobuf.message import DecodeError
+
+from edge_node.adapters.cloud_client import CloudError
 from edge_node.daemon.events import EventWriter
-from edge_node.daemon.outbox import Outbox
+from edge_node.daemon.outbox import Outbox, PendingEntry
 from edge_node.daemon.retry import BackoffPolicy, BreakerPolicy, CircuitBreaker
 from proto.asr.v1 import asr_pb2
 
@@ -25,12 +33,18 @@ log = logging.getLogger(__name__)
 _REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
+class CloudCall(Protocol):
+    """What the sender needs of the cloud client (edge_node.adapters.cloud_client.EscalationClient)."""
+
+    def transcribe(self, request: asr_pb2.TranscribeRequest) -> asr_pb2.TranscribeResponse: ...
+
+
 class EscalationSender:
     """Owns the sender thread; `wake()` after putting a request in the outbox, `stop()` at shutdown."""
 
     def __init__(
         self,
-        client: EscalationClient | None,
+        client: CloudCall | None,
         outbox: Outbox,
         events: EventWriter,
         counters: MutableMapping[str, int],
@@ -53,12 +67,17 @@ class EscalationSender:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._failing = False
+        self._explained: set[str] = set()  # error types already logged with their traceback
         self._thread = threading.Thread(target=self._loop, name="escalation-sender", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self.client is not None:
             self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def wake(self) -> None:
         self._wake.set()
@@ -69,11 +88,20 @@ class EscalationSender:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s)
 
-    # -- revisions -----------------------------------------------------------------------------------------------
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- revisions and failures ----------------------------------------------------------------------------------
     def emit_recorded_answers(self) -> None:
-        """Answers recorded before a crash but never emitted."""
+        """Answers recorded before a crash but never emitted; one that cannot be read is reported instead."""
         for seg_id, payload in self.outbox.unemitted():
-            self._emit_revision(seg_id, asr_pb2.TranscribeResponse.FromString(payload))
+            try:
+                resp = asr_pb2.TranscribeResponse.FromString(payload)
+            except DecodeError as exc:
+                self.outbox.quarantine(seg_id, f"its recorded answer does not parse ({exc})", origin="answered")
+                continue
+            self._emit_revision(seg_id, resp)
+        self._report_quarantined()
 
     def _emit_revision(self, seg_id: str, resp: asr_pb2.TranscribeResponse) -> None:
         self.events.emit({
@@ -81,35 +109,78 @@ class EscalationSender:
             "language": resp.language, "final": True, "ts": round(time.time(), 3),
         })
         self.outbox.mark_emitted(seg_id)
-        self.counters["revisions"] += 1
+        self._count("revisions")
+
+    def _emit_failed(self, seg_id: str, reason: str) -> None:
+        self.events.emit({"type": "escalation_failed", "segment_id": seg_id, "reason": reason,
+                          "ts": round(time.time(), 3)})
+
+    def _report_quarantined(self) -> None:
+        """Rows the outbox set aside: each escalation is reported failed once (its edge text stands)."""
+        for q in self.outbox.take_quarantined():
+            self._count("quarantined")
+            self._emit_failed(q.segment_id, f"quarantined: {q.reason}")
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        """Drain the outbox: up to `in_flight` requests at once (the cloud batches them), oldest first."""
+        """Round after round until stopped; no exception ends the thread (see the module's docstring)."""
         assert self.client is not None
         client = self.client
         self._failing = False
+        errors = 0  # consecutive rounds that raised
         with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="escalate") as pool:
             while not self._stop.is_set():
-                self._heartbeat()
-                if not self.breaker.allow():
-                    self._wake.wait(max(0.05, self.breaker.retry_in()))
-                    self._wake.clear()
-                    continue
-                entries = self.outbox.due(limit=self.in_flight)
-                if not entries:
-                    nxt = self.outbox.next_due_in()
-                    self._wake.wait(1.0 if nxt is None else min(1.0, max(0.05, nxt)))
-                    self._wake.clear()
-                    continue
-                requests = [asr_pb2.TranscribeRequest.FromString(e.payload) for e in entries]
-                futures = [pool.submit(_call, client, r) for r in requests]
-                for entry, future in zip(entries, futures, strict=True):
-                    outcome = future.result()
-                    if isinstance(outcome, CloudError):
-                        self._on_failure(entry.segment_id, entry.attempts, outcome)
-                    else:
-                        self._on_answer(entry.segment_id, outcome)
+                try:
+                    self._round(client, pool)
+                    errors = 0
+                except Exception as exc:
+                    errors += 1
+                    self._on_round_error(exc, errors)
+
+    def _on_round_error(self, exc: Exception, errors: int) -> None:
+        self._count("sender_errors")
+        delay = self.backoff.ceiling(errors)
+        kind = type(exc).__name__
+        # The first error of a kind is logged with its traceback (a bug shows where it is); repeats are one line.
+        log.error("escalation sender: %s: %s (%d in a row); escalations stay in the outbox, next try in %.1f s",
+                  kind, exc, errors, delay, exc_info=kind not in self._explained)
+        self._explained.add(kind)
+        self._stop.wait(delay)
+
+    def _pause(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _round(self, client: CloudCall, pool: ThreadPoolExecutor) -> None:
+        """One round: send what is due (up to `in_flight` at once, the cloud batches them), settle each outcome."""
+        self._heartbeat()
+        if not self.breaker.allow():
+            self._pause(max(0.05, self.breaker.retry_in()))
+            return
+        entries = self.outbox.due(limit=self.in_flight)
+        batch = self._parse(entries)
+        self._report_quarantined()
+        if not entries:
+            nxt = self.outbox.next_due_in()
+            self._pause(1.0 if nxt is None else min(1.0, max(0.05, nxt)))
+            return
+        futures = [(entry, pool.submit(_call, client, request)) for entry, request in batch]
+        for entry, future in futures:
+            outcome = future.result()
+            if isinstance(outcome, CloudError):
+                self._on_failure(entry.segment_id, entry.attempts, outcome)
+            else:
+                self._on_answer(entry.segment_id, outcome)
+
+    def _parse(self, entries: list[PendingEntry]) -> list[tuple[PendingEntry, asr_pb2.TranscribeRequest]]:
+        """The requests; a payload that decrypts but is no TranscribeRequest is quarantined, not sent."""
+        batch = []
+        for entry in entries:
+            try:
+                batch.append((entry, asr_pb2.TranscribeRequest.FromString(entry.payload)))
+            except DecodeError as exc:
+                self.outbox.quarantine(entry.segment_id, f"its request does not parse ({exc})")
+        return batch
 
     def _on_answer(self, seg_id: str, resp: asr_pb2.TranscribeResponse) -> None:
         if self._failing:
@@ -131,11 +202,10 @@ class EscalationSender:
             self.outbox.retry_later(seg_id, self.backoff.delay(attempts))
         else:  # the cloud will never take this request (e.g. INVALID_ARGUMENT): dropped, logged, counted
             self.outbox.give_up(seg_id, str(err))
-            self.events.emit({"type": "escalation_failed", "segment_id": seg_id, "reason": str(err),
-                              "ts": round(time.time(), 3)})
+            self._emit_failed(seg_id, str(err))
 
 
-def _call(client: EscalationClient, request: asr_pb2.TranscribeRequest) -> asr_pb2.TranscribeResponse | CloudError:
+def _call(client: CloudCall, request: asr_pb2.TranscribeRequest) -> asr_pb2.TranscribeResponse | CloudError:
     try:
         return client.transcribe(request)
     except CloudError as err:

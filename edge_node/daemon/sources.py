@@ -60,11 +60,17 @@ class ProcessedLog:
         return key in self._done
 
     def add(self, key: str) -> None:
+        """Remember `key`; on a full disk only in memory (logged): the file is then read again after a restart,
+        which repeats its segment events under the same ids (the outbox and the cloud dedupe its escalations)."""
         self._done.add(key)
-        with self._path.open("a") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self._path.open("a") as f:
+                f.write(key + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            log.warning("cannot record %s as processed in %s (%s): it will be read again after a restart",
+                        key, self._path, exc.strerror or exc)
 
 
 def watch_directory(

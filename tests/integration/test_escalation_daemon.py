@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,36 @@ def test_edge_killed_mid_run_replays_outbox(speech: Path, cloud: tuple[CloudProc
     assert before <= escalated
     assert set(revisions) == escalated and all(n == 1 for n in revisions.values()), revisions
     assert not (escalated & final)
+
+
+def test_a_corrupt_outbox_row_is_quarantined_and_the_rest_answered(
+    speech: Path, cloud: tuple[CloudProcess, Path], tmp_path: Path
+) -> None:
+    """One pending row that no longer decrypts (a bad sector, a stray writer) is set aside and reported; it used to
+    fail every batch, kill the sender thread and leave the daemon waiting for ever with everything pending."""
+    server, token = cloud
+    events, state = tmp_path / "events.jsonl", tmp_path / "state"
+    log = (tmp_path / "edge.log").open("ab")
+    edge = subprocess.Popen(daemon_cmd(str(speech), state, events, DEVICE, f"127.0.0.1:{free_port()}", token),
+                            cwd=ROOT, stdout=log, stderr=log)
+    assert wait_for(lambda: len(tally(read_events(events))[0]) >= 3, 120)
+    edge.send_signal(signal.SIGTERM)
+    assert edge.wait(60) == 0
+    con = sqlite3.connect(state / "outbox.db")
+    bad, blob = con.execute("SELECT segment_id, payload FROM pending ORDER BY created LIMIT 1").fetchone()
+    con.execute("UPDATE pending SET payload = ? WHERE segment_id = ?", (bytes(b ^ 0xFF for b in blob), bad))
+    con.commit()
+    con.close()
+    # Restarted against the live cloud: the bad row is reported once, every other escalation answered once.
+    assert run_daemon(daemon_cmd(str(speech), state, events, DEVICE, server.target, token), tmp_path / "edge.log",
+                      timeout=180) == 0
+    evs = read_events(events)
+    escalated, _, revisions = tally(evs)
+    failed = [e for e in evs if e["type"] == "escalation_failed"]
+    assert [e["segment_id"] for e in failed] == [bad] and "quarantined" in failed[0]["reason"]
+    assert set(revisions) == escalated - {bad} and all(n == 1 for n in revisions.values()), revisions
+    text = (tmp_path / "edge.log").read_text()
+    assert "Traceback" not in text and "'quarantined': 1" in text, text[-3000:]
 
 
 def test_outbox_at_rest_holds_no_plaintext(speech: Path, tmp_path: Path) -> None:

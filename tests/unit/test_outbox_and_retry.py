@@ -57,18 +57,14 @@ def test_nothing_readable_at_rest(tmp_path: Path, key: bytes) -> None:
 
 
 def test_wrong_key_cannot_read(tmp_path: Path, key: bytes) -> None:
-    from cryptography.exceptions import InvalidTag
-
     box = Outbox(tmp_path / "o.db", key)
     box.put("s", b"payload", 1.0)
     box.close()
-    with pytest.raises(InvalidTag):
-        Outbox(tmp_path / "o.db", bytes(32)).due()
+    with pytest.raises(UserError, match="sealed with another key"):  # refused at open, before any row is read
+        Outbox(tmp_path / "o.db", bytes(32))
 
 
 def test_rows_cannot_be_swapped_between_segments(tmp_path: Path, key: bytes) -> None:
-    from cryptography.exceptions import InvalidTag
-
     box = Outbox(tmp_path / "o.db", key)
     box.put("a", b"payload-a", 1.0)
     box.put("b", b"payload-b", 1.0)
@@ -78,8 +74,9 @@ def test_rows_cannot_be_swapped_between_segments(tmp_path: Path, key: bytes) -> 
     con.execute("UPDATE pending SET nonce=?, payload=? WHERE segment_id='b'", a)
     con.commit()
     con.close()
-    with pytest.raises(InvalidTag):
-        Outbox(tmp_path / "o.db", key).due()
+    box = Outbox(tmp_path / "o.db", key)
+    assert [e.payload for e in box.due()] == [b"payload-a"]  # b's row now holds a's sealing: it does not open
+    assert [q.segment_id for q in box.take_quarantined()] == ["b"]  # so it is set aside, never served as b
 
 
 def test_bounded_size_drops_oldest_and_counts(tmp_path: Path, key: bytes, caplog: pytest.LogCaptureFixture) -> None:
