@@ -11,7 +11,7 @@ KEY := keys/operator.key
 EDGE_MODEL := models/tiny.en-int8
 CLOUD_MODEL ?= base
 
-.PHONY: all setup apt venv proto models demo test lint check clean images fresh-check compose-test
+.PHONY: all setup apt venv proto models demo test lint check clean images fresh-check compose-test fuzz
 
 all: setup
 
@@ -64,6 +64,12 @@ lint: venv proto
 # Coverage of the product packages (pyproject's [tool.coverage]; child processes too): below 90 % fails.
 test: setup lint
 	$(PY) -m pytest --cov --cov-report=term
+
+# The fuzz suite alone, deeper: FUZZ_EXAMPLES cases per target (make test draws 1000, derandomized), random
+# seeds, failing examples kept in .hypothesis/ and replayed first next time.
+FUZZ_EXAMPLES ?= 20000
+fuzz: setup
+	FUZZ_DEEP=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -m fuzz tests/fuzz -p no:cacheprovider -W ignore::hypothesis.errors.HypothesisWarning -s
 
 # Docker (docker.io, docker-compose 1.29, debootstrap; installed when missing). No registry: images build locally.
 images: setup
