@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-batch", type=int, default=c.DEFAULT_MAX_BATCH)
     s.add_argument("--max-wait-ms", type=float, default=c.DEFAULT_MAX_WAIT_MS)
     s.add_argument("--queue-size", type=int, default=c.DEFAULT_QUEUE_SIZE)
+    s.add_argument("--max-decodes", type=int, default=c.DEFAULT_MAX_DECODES,
+                   help="compressed-audio decodes at once; more is RESOURCE_EXHAUSTED (default %(default)s)")
+    s.add_argument("--auth-cache-s", type=float, default=c.DEFAULT_AUTH_CACHE_TTL_S,
+                   help="use a verified token hash this long without asking Redis (default %(default)s)")
+    s.add_argument("--auth-cache-max-age-s", type=float, default=c.DEFAULT_AUTH_CACHE_MAX_AGE_S,
+                   help="while Redis is down, trust a cached hash at most this long after Redis last confirmed it; "
+                   "then UNAVAILABLE (default %(default)s)")
     s.add_argument(
         "--rate-limit", type=int, default=c.DEFAULT_RATE_LIMIT_PER_MIN, help="per device per minute"
     )
@@ -64,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=c.DEFAULT_CLAIM_MIN_IDLE_MS,
         help="reclaim jobs pending this long (their worker died)",
     )
+    w.add_argument("--max-attempts", type=int, default=c.DEFAULT_MAX_JOB_ATTEMPTS,
+                   help="deliveries of a failing job before it is dead-lettered (default %(default)s)")
+    w.add_argument("--dead-letter-stream", default="", help="where failed jobs go (default: STREAM:dead)")
     w.add_argument("--mqtt-host", help="broker for results (none: results only in Redis)")
     w.add_argument("--mqtt-port", type=int, default=1883)
     w.add_argument("--mqtt-user", help="broker user name (the broker's ACL gives it the results topics)")
@@ -89,17 +99,30 @@ def _tls(args: argparse.Namespace) -> TlsConfig | None:
     return TlsConfig(Path(cert), Path(key), Path(ca) if ca else None)
 
 
-def config_from_args(args: argparse.Namespace) -> CloudConfig:
+def _checked_values(args: argparse.Namespace) -> tuple[float, float]:
+    """Refuse values no process can run with (UserError); returns the token cache's (ttl, max age)."""
     positive = {
         "--beam-size": args.beam_size,
         "--max-audio-s": args.max_audio_s,
         "--max-batch": getattr(args, "max_batch", 1),
         "--queue-size": getattr(args, "queue_size", 1),
         "--batch": getattr(args, "batch", 1),
+        "--max-decodes": getattr(args, "max_decodes", 1),
+        "--auth-cache-s": getattr(args, "auth_cache_s", 1),
+        "--max-attempts": getattr(args, "max_attempts", 1),
     }
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    ttl = getattr(args, "auth_cache_s", c.DEFAULT_AUTH_CACHE_TTL_S)
+    max_age = getattr(args, "auth_cache_max_age_s", c.DEFAULT_AUTH_CACHE_MAX_AGE_S)
+    if max_age < ttl:
+        raise UserError(f"--auth-cache-max-age-s ({max_age:g}) must be at least --auth-cache-s ({ttl:g})")
+    return ttl, max_age
+
+
+def config_from_args(args: argparse.Namespace) -> CloudConfig:
+    ttl, max_age = _checked_values(args)
     if getattr(args, "mqtt_host", None):  # at start-up, before the model loads
         require_tls(args.mqtt_host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure,
                     what=f"--mqtt-host {args.mqtt_host}", tls_flag="--mqtt-tls-ca")
@@ -113,6 +136,9 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),
         queue_size=getattr(args, "queue_size", c.DEFAULT_QUEUE_SIZE),
         max_audio_s=args.max_audio_s,
+        max_decodes=getattr(args, "max_decodes", c.DEFAULT_MAX_DECODES),
+        auth_cache_ttl_s=ttl,
+        auth_cache_max_age_s=max_age,
         redis_url=redis_url(args),
         result_ttl_s=args.result_ttl_s,
         rate_limit_per_min=getattr(args, "rate_limit", c.DEFAULT_RATE_LIMIT_PER_MIN),
@@ -124,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         consumer=getattr(args, "consumer", "worker-1"),
         worker_batch=getattr(args, "batch", c.DEFAULT_WORKER_BATCH),
         claim_min_idle_ms=getattr(args, "claim_min_idle_ms", c.DEFAULT_CLAIM_MIN_IDLE_MS),
+        max_job_attempts=getattr(args, "max_attempts", c.DEFAULT_MAX_JOB_ATTEMPTS),
+        dead_letter_stream=getattr(args, "dead_letter_stream", ""),
         mqtt_host=getattr(args, "mqtt_host", None),
         mqtt_user=getattr(args, "mqtt_user", None),
         mqtt_password=read_secret(args.mqtt_password_file, "the MQTT password file")

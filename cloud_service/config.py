@@ -23,6 +23,14 @@ DEFAULT_GROUP = "asr-workers"
 DEFAULT_CLAIM_MIN_IDLE_MS = 60_000  # a job pending this long belongs to a dead worker
 DEFAULT_WORKER_BATCH = 8
 DEFAULT_REDIS_RETRY_S = 2.0  # while Redis is down, try it again at most this often
+# Compressed audio decoding at once (each holds at most max_audio_s of 2-channel 48 kHz float32, ~12 MB at 30 s,
+# plus its copies); one more is RESOURCE_EXHAUSTED.
+DEFAULT_MAX_DECODES = 4
+DEFAULT_AUTH_CACHE_TTL_S = 30.0  # a verified token hash is used this long without asking Redis
+# ... and while Redis cannot be reached, for at most this long after Redis last vouched for it: a token revoked
+# during an outage stops working this soon (UNAVAILABLE), instead of lasting the whole outage.
+DEFAULT_AUTH_CACHE_MAX_AGE_S = 60.0
+DEFAULT_MAX_JOB_ATTEMPTS = 3  # deliveries of a Submit job before it is dead-lettered
 DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: serving the network is a decision (TLS, or --insecure)
 
 
@@ -45,6 +53,9 @@ class CloudConfig:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_audio_s: float = DEFAULT_MAX_AUDIO_S
+    max_decodes: int = DEFAULT_MAX_DECODES
+    auth_cache_ttl_s: float = DEFAULT_AUTH_CACHE_TTL_S
+    auth_cache_max_age_s: float = DEFAULT_AUTH_CACHE_MAX_AGE_S
     # May hold a password, so not in repr. None: no dedup, no registry (then auth must be off).
     redis_url: str | None = field(default=None, repr=False)
     redis_retry_s: float = DEFAULT_REDIS_RETRY_S
@@ -58,6 +69,8 @@ class CloudConfig:
     consumer: str = "worker-1"
     worker_batch: int = DEFAULT_WORKER_BATCH
     claim_min_idle_ms: int = DEFAULT_CLAIM_MIN_IDLE_MS
+    max_job_attempts: int = DEFAULT_MAX_JOB_ATTEMPTS
+    dead_letter_stream: str = ""  # "": the job stream's name + ":dead"
     mqtt_host: str | None = None
     mqtt_port: int = 1883
     mqtt_user: str | None = None
@@ -76,6 +89,11 @@ class CloudConfig:
     @property
     def artifacts_dir(self) -> Path:
         return self.models_root
+
+    @property
+    def dead_letters(self) -> str:
+        """The stream jobs go to after max_job_attempts failed deliveries."""
+        return self.dead_letter_stream or f"{self.stream}:dead"
 
 
 def check_listen(config: CloudConfig, address: str) -> None:

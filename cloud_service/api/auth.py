@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 
 from cloud_service.api.limits import MAX_DEVICE_ID_CHARS
+from cloud_service.config import DEFAULT_AUTH_CACHE_MAX_AGE_S, DEFAULT_AUTH_CACHE_TTL_S
 from cloud_service.jobs.store import Store, hash_token
 
 log = logging.getLogger(__name__)
 
-CACHE_TTL_S = 30.0  # how long a looked-up hash is trusted without asking Redis (longer while Redis is down)
 # Methods anyone may call: health checks (load balancers) and reflection (tooling).
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -42,15 +42,29 @@ def token_device(token: str) -> str | None:
     return device if sep and device and secret else None
 
 
-class Authenticator:
-    """Checks a bearer token against the registry, with a short cache that also rides out Redis outages."""
+class RegistryUnavailableError(Exception):
+    """Redis cannot be asked about the token and no recent enough answer is cached: the call is UNAVAILABLE."""
 
-    def __init__(self, store: Store) -> None:
+
+class Authenticator:
+    """Checks a bearer token against the registry, with a short cache that also rides out short Redis outages.
+
+    A hash Redis confirmed less than `ttl_s` ago is used without asking again. After that Redis is asked; when it
+    cannot answer, the cached hash is still trusted until `max_age_s` after Redis last confirmed it, and then the
+    call fails UNAVAILABLE: a token revoked during an outage stops working after `max_age_s`, not after the outage.
+    `clock` is monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
+                 ttl_s: float = DEFAULT_AUTH_CACHE_TTL_S, max_age_s: float = DEFAULT_AUTH_CACHE_MAX_AGE_S) -> None:
         self.store = store
+        self._clock = clock
+        self.ttl_s = ttl_s
+        self.max_age_s = max_age_s
         self._cache: dict[str, tuple[str | None, float]] = {}
 
     async def device_for(self, authorization: str | None) -> str | None:
-        """The authenticated device id, or None."""
+        """The authenticated device id, or None. RegistryUnavailableError when it cannot be told."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         token = authorization[len("Bearer ") :].strip()
@@ -68,15 +82,22 @@ class Authenticator:
 
     async def _stored_hash(self, device: str, use_cache: bool = True) -> str | None:
         cached = self._cache.get(device)
-        if use_cache and cached is not None and time.monotonic() - cached[1] < CACHE_TTL_S:
+        age = self._clock() - cached[1] if cached is not None else None
+        if use_cache and cached is not None and age is not None and age < self.ttl_s:
             return cached[0]
         try:
             value = await self.store.token_hash(device)
         except LookupError:
-            # Redis is down: devices seen before keep working; unknown ones are refused.
-            return cached[0] if cached is not None else None
+            if cached is not None and age is not None and age < self.max_age_s:
+                return cached[0]  # Redis is down: a recent verification still counts
+            seen = f"last confirmed {age:.0f} s ago (limit {self.max_age_s:g} s)" if age is not None else "not cached"
+            raise RegistryUnavailableError(
+                f"the device registry (Redis) is unavailable and this token cannot be verified ({seen}); retry later"
+            ) from None
         if value is not None:  # unknown devices are asked about again: they may be registered any moment
-            self._cache[device] = (value, time.monotonic())
+            self._cache[device] = (value, self._clock())
+        else:
+            self._cache.pop(device, None)  # deleted (revoked): no stale hash to fall back on in a later outage
         return value
 
 
@@ -103,13 +124,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
-        device = await self.auth.device_for(_metadata(details).get("authorization"))
+        try:
+            device = await self.auth.device_for(_metadata(details).get("authorization"))
+        except RegistryUnavailableError as exc:
+            return _wrap(handler, None, unavailable=str(exc))
         if device is None and self.on_reject is not None:
             await self.on_reject()
         return _wrap(handler, device)
 
 
-async def _check(request: Any, context: grpc.aio.ServicerContext, device: str | None) -> None:
+async def _check(request: Any, context: grpc.aio.ServicerContext, device: str | None,
+                 unavailable: str | None = None) -> None:
+    if unavailable is not None:  # retryable: the edge keeps the segment and tries again
+        await context.abort(grpc.StatusCode.UNAVAILABLE, unavailable)
     if device is None:
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED,
@@ -122,12 +149,12 @@ async def _check(request: Any, context: grpc.aio.ServicerContext, device: str | 
         )
 
 
-def _wrap(handler: Any, device: str | None) -> Any:
+def _wrap(handler: Any, device: str | None, unavailable: str | None = None) -> Any:
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _check(request, context, device)
+            await _check(request, context, device, unavailable)
             reset = _AUTHENTICATED.set(device)
             try:
                 return await inner_uu(request, context)
@@ -141,7 +168,7 @@ def _wrap(handler: Any, device: str | None) -> Any:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _check(request, context, device)
+            await _check(request, context, device, unavailable)
             # FetchModel serves the same artifacts to every device: nothing keyed by the device to set here.
             async for item in inner_us(request, context):
                 yield item

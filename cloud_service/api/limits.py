@@ -7,7 +7,12 @@ never after storing or decoding it. Results, the in-flight map and Submit jobs a
 
 from __future__ import annotations
 
+import math
+
+from google.protobuf.message import Message
+
 from proto.asr.v1 import asr_pb2
+from shared.whisper_rules import check_prompt_text
 
 # TranscribeRequest (Transcribe and Submit)
 MAX_DEVICE_ID_CHARS = 64
@@ -17,6 +22,9 @@ MAX_LANGUAGE_CHARS = 16  # "detect", an ISO code, or a whisper name ("haitian cr
 MAX_PROMPT_CHARS = 4096
 MAX_EDGE_TEXT_CHARS = 4096  # the edge's own hypothesis of at most 30 s of audio
 MAX_EDGE_MODEL_VERSION_CHARS = 128
+# segment_start is added to every returned time: a finite offset into the device's stream, not negative, and below
+# ~31 years of seconds so that the sum stays exact to the millisecond in a double.
+MAX_SEGMENT_START_S = 1e9
 # ModelRequest (FetchModel)
 MAX_ARTIFACT_NAME_CHARS = 128
 MAX_ARTIFACT_VERSION_CHARS = 64
@@ -42,8 +50,32 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
+def _float_fields(msg: Message, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float/double field of `msg` and of the messages it holds, by dotted name (new fields included)."""
+    out: list[tuple[str, float]] = []
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        if isinstance(value, float):
+            out.append((prefix + fd.name, value))
+        elif isinstance(value, Message):
+            out += _float_fields(value, f"{prefix}{fd.name}.")
+    return out
+
+
+def check_numbers(req: asr_pb2.TranscribeRequest) -> None:
+    """NaN or infinity in any float field, or a segment_start outside [0, MAX_SEGMENT_START_S]: ValueError. A NaN
+    segment_start came back as NaN segment times; the edge fields are stored and compared downstream."""
+    for name, value in _float_fields(req):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} is {value}; it must be a finite number")
+    if not 0.0 <= req.segment_start <= MAX_SEGMENT_START_S:
+        raise ValueError(f"segment_start is {req.segment_start:g}; it must be between 0 and "
+                         f"{MAX_SEGMENT_START_S:g} seconds")
+
+
 def check_transcribe_request(req: asr_pb2.TranscribeRequest) -> None:
-    """Lengths and required fields of a Transcribe/Submit request. ValueError naming the field and limit."""
+    """Lengths, required fields, numbers and the prompt of a Transcribe/Submit request. ValueError naming the
+    field and the rule."""
     _check_lengths((
         ("segment_id", req.segment_id, MAX_SEGMENT_ID_CHARS),
         ("device_id", req.device_id, MAX_DEVICE_ID_CHARS),
@@ -56,6 +88,9 @@ def check_transcribe_request(req: asr_pb2.TranscribeRequest) -> None:
         raise ValueError("segment_id is required (the idempotency key)")
     if not req.device_id:
         raise ValueError("device_id is required")
+    check_numbers(req)
+    # Whisper's tokenizer raises on special-token markup: refused here, it cannot fail a batch of other devices.
+    check_prompt_text(req.prompt)
 
 
 def check_segment_owner(segment_id: str, device_id: str) -> None:

@@ -12,7 +12,8 @@ import signal
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -48,6 +49,11 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
             asr.transcribe_batch, config.max_batch, config.max_wait_ms, config.queue_size, self._dropped
         )
         self._inflight: dict[ResultKey, asyncio.Future[asr_pb2.TranscribeResponse]] = {}
+        # Admission slots for audio decoding: a decode holds one from start to end, in a pool of as many threads,
+        # so at most max_decodes clips are ever being decoded (each bounded by max_audio_s); none free is
+        # RESOURCE_EXHAUSTED, never a wait.
+        self.decode_slots = asyncio.Semaphore(config.max_decodes)
+        self._decode_pool = ThreadPoolExecutor(max_workers=config.max_decodes, thread_name_prefix="audio-decode")
         self._background: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Any) -> None:
@@ -86,15 +92,35 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
     async def _decode(
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> AsrRequest:
+        if self.decode_slots.locked():
+            self._spawn(self.store.incr("queue_full"))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"server busy: {self.config.max_decodes} audio decodes already running; retry later")
         try:
-            if request.audio.encoding == asr_pb2.Audio.PCM16:
-                return to_asr_request(request, self.asr, self.config.max_audio_s)
-            # Compressed audio (and ffmpeg for Opus) off the event loop.
-            return await asyncio.to_thread(to_asr_request, request, self.asr, self.config.max_audio_s)
+            async with self.decode_slots:  # free (checked above): taken without waiting
+                if request.audio.encoding == asr_pb2.Audio.PCM16:
+                    return to_asr_request(request, self.asr, self.config.max_audio_s)
+                # Compressed audio (and ffmpeg for Opus) off the event loop, in the bounded pool.
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._decode_pool, to_asr_request, request, self.asr, self.config.max_audio_s
+                )
         except (AudioError, ValueError) as exc:
             self._spawn(self.store.incr("invalid_argument"))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
+
+    async def _abort_failed(self, exc: Exception, context: grpc.aio.ServicerContext) -> None:
+        """The status for a request whose decode failed. Each is retryable at the edge; a model failure is
+        INTERNAL, not the UNKNOWN an escaped exception becomes, which the edge treats as final and drops."""
+        if isinstance(exc, QueueFullError):
+            self._spawn(self.store.incr("queue_full"))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if isinstance(exc, DeadlineExpiredError):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        self._spawn(self.store.incr("internal_error"))
+        # The exception's text stays in the server's log: it can name paths and internals.
+        await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed on the server ({type(exc).__name__}); "
+                            "it is logged there; retry later")
 
     async def Transcribe(
         self, request: asr_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
@@ -111,7 +137,12 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
         running = self._inflight.get(key)
         if running is not None:  # the same segment is being decoded for another call right now
             resp = asr_pb2.TranscribeResponse()
-            resp.CopyFrom(await asyncio.shield(running))
+            try:
+                resp.CopyFrom(await asyncio.shield(running))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await self._abort_failed(exc, context)
             resp.cached = True
             return resp
         asr_req = await self._decode(request, context)
@@ -130,11 +161,8 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
                 done.exception()  # mark retrieved: waiters re-raise it, nobody else needs to
             else:
                 done.cancel()
-            if isinstance(exc, QueueFullError):
-                self._spawn(self.store.incr("queue_full"))
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            if isinstance(exc, DeadlineExpiredError):
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+            if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+                await self._abort_failed(exc, context)
             raise
         # Store after answering: until the write lands, a retry still finds the result in _inflight.
         self._spawn(self._store_result(key, resp))
@@ -185,6 +213,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
 
     async def aclose(self) -> None:
         await self.batcher.aclose()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
         await self.store.aclose()
 
 
@@ -206,7 +235,7 @@ def _credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
 
 
 def create_server(
-    config: CloudConfig, address: str, asr: AsrModel | None = None
+    config: CloudConfig, address: str, asr: AsrModel | None = None, clock: Callable[[], float] = time.monotonic
 ) -> tuple[grpc.aio.Server, int]:
     """Build and bind the server (call inside the event loop that will run it). Returns (server, port)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -223,7 +252,8 @@ def create_server(
     interceptors = []
     if config.auth:
         interceptors.append(
-            AuthInterceptor(Authenticator(store), on_reject=lambda: store.incr("unauthenticated"))
+            AuthInterceptor(Authenticator(store, clock, config.auth_cache_ttl_s, config.auth_cache_max_age_s),
+                            on_reject=lambda: store.incr("unauthenticated"))
         )
     server = grpc.aio.server(
         interceptors=interceptors,

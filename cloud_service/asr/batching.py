@@ -2,6 +2,9 @@
 
 The asyncio side only queues and wakes; one worker thread owns the model and runs every batch, so the event
 loop never blocks on inference and the model is never used from two threads at once.
+
+A batch holds requests of several devices: when it raises, its items are decoded again one by one
+(`run_isolated`), so a request that breaks the model fails alone and the others still get their answers.
 """
 
 from __future__ import annotations
@@ -43,6 +46,31 @@ class _Job(Generic[Req, Res]):
     deadline: float | None  # loop.time() after which the result is useless
     enqueued: float
     future: asyncio.Future[tuple[Res, BatchStats]] = field(repr=False)
+
+
+def run_isolated(run_batch: Callable[[list[Req]], list[Res]], items: list[Req]) -> list[Res | Exception]:
+    """`run_batch(items)`, or when that raises, each item alone: every item gets its own result or exception."""
+    try:
+        results = run_batch(items)
+    except Exception as exc:
+        if len(items) == 1:
+            log.error("decoding one item failed: %s: %s", type(exc).__name__, exc)
+            return [exc]
+        log.warning("batch of %d failed (%s: %s); decoding its items one by one", len(items), type(exc).__name__, exc)
+    else:
+        if len(results) != len(items):
+            raise RuntimeError(f"the model returned {len(results)} results for {len(items)} items")
+        return list(results)
+    out: list[Res | Exception] = []
+    for item in items:
+        try:
+            [one] = run_batch([item])
+        except Exception as exc:
+            log.error("decoding one item failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            out.append(exc)
+        else:
+            out.append(one)
+    return out
 
 
 class Batcher(Generic[Req, Res]):
@@ -135,18 +163,23 @@ class Batcher(Generic[Req, Res]):
             return
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, [j.request for j in live])
-        except Exception as exc:
+            results = await loop.run_in_executor(
+                self._executor, run_isolated, self._run_batch, [j.request for j in live]
+            )
+        except Exception as exc:  # the executor itself failed (shut down): nobody got an answer
             log.exception("batch of %d failed", len(live))
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
-        self.batches_run += 1
-        self.items_run += len(live)
+            results = [exc] * len(live)
+        answered = sum(not isinstance(r, Exception) for r in results)
+        if answered:
+            self.batches_run += 1
+            self.items_run += answered
         log.debug("batch of %d in %.0f ms", len(live), (time.perf_counter() - started) * 1000)
         for job, res in zip(live, results, strict=True):
-            if not job.future.done():
+            if job.future.done():
+                continue
+            if isinstance(res, Exception):
+                job.future.set_exception(res)
+            else:
                 job.future.set_result((res, BatchStats((now - job.enqueued) * 1000.0, len(live))))
         # Let the callers send their replies before the next batch starts competing with them for the CPU
         # and the GIL: a few loop passes, well under a millisecond when the machine is not starved.

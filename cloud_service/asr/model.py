@@ -263,12 +263,14 @@ class AsrModel:
             raise ValueError(f"model {self.name} is English-only; language {hint!r} is not available")
         if hint in ("", DETECT):
             return None
-        if hint in LANGUAGES:
-            return hint
-        if hint in TO_LANGUAGE_CODE:
-            code: str = TO_LANGUAGE_CODE[hint]
-            return code
-        raise ValueError(f"unknown language {hint!r}; use an ISO code such as 'en' or 'detect'")
+        code: str | None = hint if hint in LANGUAGES else TO_LANGUAGE_CODE.get(hint)
+        if code is None:
+            raise ValueError(f"unknown language {hint!r}; use an ISO code such as 'en' or 'detect'")
+        # LANGUAGES grew with newer checkpoints ("yue" came with large-v3); the tokenizer of an older one raises on
+        # the extra codes, which would fail the whole batch the request rides in.
+        if code not in tuple(LANGUAGES)[: self.model.num_languages]:
+            raise ValueError(f"model {self.name} does not know language {hint!r}")
+        return code
 
     def _mels(self, items: list[AsrRequest]) -> torch.Tensor:
         import torch

@@ -25,7 +25,8 @@ IDS = [f"dev-{i}" for i in range(4)]
 COLUMNS = {"pending": ["segment_id", "created", "next_attempt", "attempts", "audio_seconds", "size", "nonce",
                        "payload"],
            "answered": ["segment_id", "answered", "emitted", "nonce", "payload"]}
-ANY_VALUE = st.one_of(st.binary(max_size=64), st.text(max_size=20), st.integers(-(2**63), 2**63 - 1), st.floats(), st.sampled_from(IDS))
+ANY_VALUE = st.one_of(st.binary(max_size=64), st.text(max_size=20), st.integers(-(2**63), 2**63 - 1), st.floats(),
+                      st.sampled_from(IDS))
 
 
 @pytest.fixture(scope="module")

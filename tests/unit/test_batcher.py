@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cloud_service.asr.batching import Batcher, DeadlineExpiredError, QueueFullError
+from cloud_service.asr.batching import Batcher, BatchStats, DeadlineExpiredError, QueueFullError, run_isolated
 
 
 def _double(batch: list[int]) -> list[int]:
@@ -38,21 +38,39 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_result() -> Non
     assert sizes == [4]
 
 
-def test_a_failed_batch_fails_its_callers_only_and_the_next_batch_runs() -> None:
+def test_a_failed_batch_is_retried_item_by_item_so_only_the_bad_item_fails() -> None:
+    seen: list[list[int]] = []
+
     def run(batch: list[int]) -> list[int]:
+        seen.append(list(batch))
         if -1 in batch:
             raise RuntimeError("model crashed")
         return _double(batch)
 
     async def main() -> None:
         b: Batcher[int, int] = Batcher(run, max_batch=2, max_wait_ms=20, queue_size=8)
-        failed = await asyncio.gather(b.submit(-1), b.submit(5), return_exceptions=True)
-        assert [str(e) for e in failed] == ["model crashed", "model crashed"]  # batched together, both told
-        assert (await b.submit(7))[0] == 14
-        assert (b.batches_run, b.items_run) == (1, 1)  # the failed batch is not counted as run
+        failed, ok = await asyncio.gather(b.submit(-1), b.submit(5), return_exceptions=True)
+        assert str(failed) == "model crashed"  # the bad item is told why
+        assert isinstance(ok, tuple) and ok == (10, BatchStats(ok[1].queue_ms, 2))  # the other one is answered
+        assert (await b.submit(7))[0] == 14  # and the next batch runs
+        assert (b.batches_run, b.items_run) == (2, 2)  # only results count as run
         await b.aclose()
 
     asyncio.run(main())
+    assert seen == [[-1, 5], [-1], [5], [7]]
+
+
+def test_run_isolated_reports_each_items_own_failure() -> None:
+    def run(batch: list[int]) -> list[int]:
+        if any(x < 0 for x in batch):
+            raise ValueError(f"negative in {batch}")
+        return _double(batch)
+
+    out = run_isolated(run, [1, -2, 3, -4])
+    assert out[0] == 2 and out[2] == 6
+    assert [str(out[1]), str(out[3])] == ["negative in [-2]", "negative in [-4]"]
+    assert run_isolated(run, [1, 2]) == [2, 4]  # a good batch runs once, as a batch
+    assert [str(e) for e in run_isolated(run, [-1])] == ["negative in [-1]"]
 
 
 def test_expired_deadlines_are_dropped_without_inference() -> None:

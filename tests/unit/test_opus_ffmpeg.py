@@ -21,8 +21,8 @@ def opus() -> bytes:
 
 
 def test_ffmpeg_and_libsndfile_decode_opus_alike(opus: bytes) -> None:
-    ours, rate = audio_codec._decode_ffmpeg_opus(opus)
-    ref, ref_rate = audio_codec._decode_soundfile(opus, "Ogg/Opus")
+    ours, rate = audio_codec._decode_ffmpeg_opus(opus, 30.0)
+    ref, ref_rate = audio_codec._decode_soundfile(opus, "Ogg/Opus", 30.0)
     ref = resample(ref.astype(np.float32), ref_rate, SAMPLE_RATE)
     assert rate == SAMPLE_RATE and ours.dtype == np.float32
     assert abs(ours.size - ref.size) < SAMPLE_RATE // 20  # same duration (to Opus's pre-skip)
@@ -41,7 +41,7 @@ def test_a_server_without_libsndfile_opus_uses_ffmpeg(opus: bytes, monkeypatch: 
 
 def test_corrupt_opus_and_a_missing_ffmpeg_are_named(opus: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AudioError, match="corrupt Opus audio"):
-        audio_codec._decode_ffmpeg_opus(b"OggS" + b"\xff" * 200)
+        audio_codec._decode_ffmpeg_opus(b"OggS" + b"\xff" * 200, 30.0)
     monkeypatch.setattr(audio_codec.shutil, "which", lambda _name: None)
     with pytest.raises(AudioError, match="cannot decode Opus"):
-        audio_codec._decode_ffmpeg_opus(opus)
+        audio_codec._decode_ffmpeg_opus(opus, 30.0)
