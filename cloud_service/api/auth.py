@@ -101,6 +101,9 @@ class Authenticator:
         return value
 
 
+MAX_CLAIM_SHOWN = 64  # characters of a refused device_id claim echoed back (the longest valid id)
+
+
 def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in details.invocation_metadata or ():
@@ -145,7 +148,9 @@ async def _check(request: Any, context: grpc.aio.ServicerContext, device: str | 
     claimed = getattr(request, "device_id", "")
     if claimed and claimed != device:
         await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, f"the token does not belong to device {claimed!r}"
+            # Clipped: this runs before the field bounds, and a status message travels in metadata, which
+            # gRPC caps at a few KiB (an echoed 10 kB claim turned the refusal into RESOURCE_EXHAUSTED).
+            grpc.StatusCode.UNAUTHENTICATED, f"the token does not belong to device {claimed[:MAX_CLAIM_SHOWN]!r}"
         )
 
 

@@ -70,6 +70,16 @@ def mutated(draw: st.DrawFn, data: bytes) -> bytes:
     return bytes(out)
 
 
+def valid_audio() -> st.SearchStrategy[asr_pb2.Audio]:
+    """Real speech, well encoded: PCM16 (three lengths), FLAC, Ogg/Opus."""
+    return st.one_of(
+        st.builds(lambda s: asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=16_000, data=pcm16(speech_16k(s))),
+                  st.sampled_from([0.25, 0.5, 1.0])),
+        st.just(asr_pb2.Audio(encoding=asr_pb2.Audio.FLAC, sample_rate=16_000, data=container("FLAC"))),
+        st.just(asr_pb2.Audio(encoding=asr_pb2.Audio.OPUS, sample_rate=16_000, data=container("OGG"))),
+    )
+
+
 def wire_audio() -> st.SearchStrategy[asr_pb2.Audio]:
     """Audio messages: valid speech in each encoding, mutated containers, random bytes, odd rates and enums."""
     encodings = st.one_of(
@@ -77,12 +87,7 @@ def wire_audio() -> st.SearchStrategy[asr_pb2.Audio]:
         st.integers(-MAX_ENUM, MAX_ENUM),
     )
     rates = st.one_of(st.sampled_from([16_000, 8_000, 48_000, 44_100, 0, 1]), st.integers(0, 2**32 - 1))
-    valid = st.one_of(
-        st.builds(lambda s: asr_pb2.Audio(encoding=asr_pb2.Audio.PCM16, sample_rate=16_000, data=pcm16(speech_16k(s))),
-                  st.sampled_from([0.25, 0.5, 1.0])),
-        st.just(asr_pb2.Audio(encoding=asr_pb2.Audio.FLAC, sample_rate=16_000, data=container("FLAC"))),
-        st.just(asr_pb2.Audio(encoding=asr_pb2.Audio.OPUS, sample_rate=16_000, data=container("OGG"))),
-    )
+    valid = valid_audio()
     data = st.one_of(
         st.binary(max_size=4096),
         st.sampled_from(["FLAC", "OGG"]).flatmap(lambda f: mutated(container(f))),
