@@ -1,6 +1,6 @@
 """Soak: many simulated devices escalating against one cloud for minutes, plus one real edge daemon.
 
-    python -m bench.soak --json bench/out/soak.json [--devices 100] [--duration 300] [--interval 120]
+    python -m bench.soak --json bench/out/soak.json [--devices 100] [--duration 300] [--interval 300]
 
 Starts Redis and a real `cloud-service serve` (models/base.pt unless --model) on loopback, registers one token
 per simulated device, and runs:
@@ -107,7 +107,7 @@ def _speech() -> tuple[list[bytes], np.ndarray]:
 
 
 async def _device(stub: Any, name: str, token: str, clips: list[bytes], stop_at: float, interval: float,
-                  tally: Tally, rng: random.Random) -> None:
+                  tally: Tally, rng: random.Random, give_up_at: float) -> None:
     metadata = [("authorization", f"Bearer {token}")]
     seq = 0
     await asyncio.sleep(rng.uniform(0, interval))  # spread the first requests
@@ -117,14 +117,14 @@ async def _device(stub: Any, name: str, token: str, clips: list[bytes], stop_at:
         req = asr_pb2.TranscribeRequest(segment_id=seg, device_id=name, language="en", audio=asr_pb2.Audio(
             encoding=asr_pb2.Audio.PCM16, sample_rate=16_000, data=clips[rng.randrange(len(clips))]))
         backoff = 0.5
-        while True:  # an edge retries the same id until it is answered; so does this one
+        while time.monotonic() < give_up_at:  # an edge retries the same id until answered; so does this one
             t0 = time.perf_counter()
             try:
                 resp = await stub.Transcribe(req, metadata=metadata, timeout=60)
             except grpc.aio.AioRpcError as err:
                 tally.statuses[err.code().name] += 1
+                tally.answers.setdefault(seg, [])
                 if err.code() not in RETRYABLE:
-                    tally.answers.setdefault(seg, [])
                     break
                 await asyncio.sleep(backoff * rng.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 10.0)
@@ -133,17 +133,18 @@ async def _device(stub: Any, name: str, token: str, clips: list[bytes], stop_at:
             tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
             tally.answers.setdefault(seg, []).append(resp.text)
             break
-        await asyncio.sleep(interval * rng.uniform(0.5, 1.5))
+        # The next escalation, or the end of the run, whichever comes first.
+        await asyncio.sleep(min(interval * rng.uniform(0.5, 1.5), max(0.0, stop_at - time.monotonic())))
 
 
 async def _fleet(target: str, tokens: dict[str, str], clips: list[bytes], duration: float, interval: float,
-                 tally: Tally) -> None:
+                 drain: float, tally: Tally) -> None:
     stop_at = time.monotonic() + duration
     channels = [grpc.aio.insecure_channel(target) for _ in tokens]
     try:
         await asyncio.gather(*(
             _device(asr_pb2_grpc.EscalationServiceStub(ch), name, token, clips, stop_at, interval, tally,
-                    random.Random(i))
+                    random.Random(i), stop_at + drain)
             for i, (ch, (name, token)) in enumerate(zip(channels, tokens.items(), strict=True))
         ))
     finally:
@@ -189,7 +190,7 @@ def _start_edge(tmp: Path, cloud: SoakCloud) -> tuple[subprocess.Popen[bytes], P
     token_file.chmod(0o600)
     events = tmp / "edge-events.jsonl"
     cmd = daemon_cmd("-", tmp / "edge-state", events, EDGE_DEVICE, cloud.target, token_file,
-                     extra=("--wire", "flac"))
+                     extra=("--wire", "flac", "--timeout", "60"))
     log = (tmp / "edge.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
     return proc, events
@@ -224,9 +225,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         sampler.start()
         feeder.start()
         devices = Tally()
-        asyncio.run(_fleet(cloud.target, tokens, clips, args.duration, args.interval, devices))
+        asyncio.run(_fleet(cloud.target, tokens, clips, args.duration, args.interval, args.drain, devices))
         feeder.join()
-        edge.wait(timeout=300)  # stdin closed: the daemon drains its outbox and exits
+        try:  # stdin closed: the daemon drains its outbox and exits
+            edge.wait(timeout=max(10.0, t0 + args.duration + args.drain - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            edge.terminate()
+            edge.wait(60)
         stop.set()
         sampler.join()
         wall = time.monotonic() - t0
@@ -236,7 +241,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cloud.stop()
         redis_server.stop()
     return {
-        "devices": args.devices, "duration_s": args.duration, "interval_s": args.interval, "wall_s": round(wall, 1),
+        "devices": args.devices, "duration_s": args.duration, "interval_s": args.interval, "drain_s": args.drain,
+        "wall_s": round(wall, 1),
         "model": args.model, "warmup_s": WARMUP_S,
         "cloud_rss": traces["cloud"][1].summary(WARMUP_S), "edge_rss": traces["edge"][1].summary(WARMUP_S),
         "simulated_devices": _device_check(devices), "edge": {**_edge_check(events), "exit_code": edge.returncode},
@@ -247,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--duration", type=float, default=300.0, help="seconds of escalating")
-    p.add_argument("--interval", type=float, default=120.0, help="mean seconds between one device's escalations")
+    p.add_argument("--interval", type=float, default=300.0, help="mean seconds between one device's escalations")
+    p.add_argument("--drain", type=float, default=300.0,
+                   help="seconds after the run for escalations still in flight to be answered (then: unanswered)")
     p.add_argument("--model", default=str(ROOT / "models" / "base.pt"))
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
