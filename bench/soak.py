@@ -58,15 +58,24 @@ class RssTrace:
 
     def add(self, t: float, pid: int) -> None:
         with contextlib.suppress(psutil.Error):
-            self.samples.append((t, psutil.Process(pid).memory_info().rss / 2**20))
+            rss = psutil.Process(pid).memory_info().rss / 2**20
+            if rss > 0:  # a process that has exited (a zombie) reads as 0
+                self.samples.append((t, rss))
 
-    def summary(self, warmup_s: float) -> dict[str, float | None]:
+    def at(self, t: float) -> float:
+        return next((r for ts, r in self.samples if ts >= t), self.samples[-1][1])
+
+    def summary(self, warmup_s: float, half_s: float) -> dict[str, float | None]:
+        """RSS after warm-up, at half time, at its peak and at the end; growth from warm-up to the end, and over
+        the second half alone (allocator caches fill early, as batches of new shapes arrive; a leak keeps
+        growing)."""
         if not self.samples:
-            return {"warm_mib": None, "peak_mib": None, "final_mib": None, "growth": None}
-        warm = next((r for t, r in self.samples if t >= warmup_s), self.samples[-1][1])
-        final = self.samples[-1][1]
-        return {"warm_mib": round(warm, 1), "peak_mib": round(max(r for _, r in self.samples), 1),
-                "final_mib": round(final, 1), "growth": round((final - warm) / warm, 4)}
+            return {"warm_mib": None, "half_mib": None, "peak_mib": None, "final_mib": None, "growth": None,
+                    "growth_second_half": None}
+        warm, half, final = self.at(warmup_s), self.at(half_s), self.samples[-1][1]
+        return {"warm_mib": round(warm, 1), "half_mib": round(half, 1),
+                "peak_mib": round(max(r for _, r in self.samples), 1), "final_mib": round(final, 1),
+                "growth": round((final - warm) / warm, 4), "growth_second_half": round((final - half) / half, 4)}
 
 
 @dataclass
@@ -244,7 +253,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "devices": args.devices, "duration_s": args.duration, "interval_s": args.interval, "drain_s": args.drain,
         "wall_s": round(wall, 1),
         "model": args.model, "warmup_s": WARMUP_S,
-        "cloud_rss": traces["cloud"][1].summary(WARMUP_S), "edge_rss": traces["edge"][1].summary(WARMUP_S),
+        "cloud_rss": traces["cloud"][1].summary(WARMUP_S, args.duration / 2),
+        "edge_rss": traces["edge"][1].summary(WARMUP_S, args.duration / 2),
         "simulated_devices": _device_check(devices), "edge": {**_edge_check(events), "exit_code": edge.returncode},
     }
 
@@ -264,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         doc = run(args, Path(tmp))
     print(json.dumps(doc, indent=2))
-    sim, edge = doc["simulated_devices"], doc["edge"]
-    print(f"cloud RSS growth {doc['cloud_rss']['growth']:+.1%} (peak {doc['cloud_rss']['peak_mib']} MiB), "
-          f"edge RSS growth {doc['edge_rss']['growth']:+.1%}; devices: {sim['answered_once']}/{sim['escalations']} "
+    sim, edge, cloud_rss = doc["simulated_devices"], doc["edge"], doc["cloud_rss"]
+    print(f"cloud RSS growth {cloud_rss['growth']:+.1%} ({cloud_rss['growth_second_half']:+.1%} in the second half; "
+          f"peak {cloud_rss['peak_mib']} MiB), edge RSS growth {doc['edge_rss']['growth']:+.1%} "
+          f"({doc['edge_rss']['growth_second_half']:+.1%}); devices: {sim['answered_once']}/{sim['escalations']} "
           f"answered exactly once; edge: {edge['answered_once']}/{edge['escalated']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
