@@ -24,7 +24,12 @@ from testkit.servers import RedisServer
 from tests.audio_fixtures import data_prompts, pcm16_audio
 from tests.fuzz.conftest import EXAMPLES, fuzz_settings
 from tests.fuzz.strategies import floats_any, hostile_text, model_files, valid_audio, wire_audio
-from tests.integration.cloud_fixtures import ServerThread, bearer, cloud_config, register_device
+from tests.integration.cloud_fixtures import (
+    ServerThread,
+    bearer,
+    cloud_config,
+    register_device,
+)
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow, pytest.mark.redis]
 
@@ -39,11 +44,6 @@ MODEL_REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, g
                   grpc.StatusCode.PERMISSION_DENIED}
 ARTIFACT = "tiny.en-int8"
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def tiny_asr(tiny_checkpoint: Path) -> AsrModel:
-    return AsrModel.load(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @functools.cache
-def _load_base(path: Path) -> AsrModel:
-    # One copy per test process, whichever module asks first.
+def load_asr(path: Path) -> AsrModel:
+    # One copy per checkpoint and test process, whichever module asks first.
     return AsrModel.load(path, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def base_asr(base_checkpoint: Path) -> AsrModel:
-    return _load_base(base_checkpoint)
+    return load_asr(base_checkpoint)
 
 
 @pytest.fixture(scope="session")

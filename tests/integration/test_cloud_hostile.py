@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,6 @@ from typing import Any, cast
 
 import grpc
 import numpy as np
-import psutil
 import pytest
 import redis
 import soundfile as sf
@@ -32,6 +30,7 @@ from cloud_service.jobs.store import STATS_KEY, result_key
 from cloud_service.jobs.worker import MqttPublisher, StreamWorker
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.mqtt import MqttSettings
+from testkit.memory import PeakRss
 from testkit.servers import MosquittoServer, RedisServer
 from tests.integration.cloud_fixtures import (
     ServerThread,
@@ -48,7 +47,6 @@ from tests.integration.mqtt_fixtures import Listener
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 DEVICE = "dev-h"
 POISON = "poison: this request breaks the model"  # a valid prompt; PoisonedModel fails any batch holding it
-MB = 1024 * 1024
 
 
 def _flac(seconds: float, channels: int, rate: int) -> bytes:
@@ -62,35 +60,6 @@ def _ogg_opus(seconds: float) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(int(seconds * 48_000), dtype=np.float32), 48_000, format="OGG", subtype="OPUS")
     return buf.getvalue()
-
-
-class PeakRss:
-    """The highest RSS of this process while the block runs, minus the RSS on entry (sampled every 2 ms: a
-    decode of hundreds of MB takes far longer than that to fill its pages)."""
-
-    def __init__(self) -> None:
-        self._proc = psutil.Process()
-        self._stop = threading.Event()
-        self.baseline = self.peak = 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> PeakRss:
-        self.baseline = self.peak = self._proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / MB
 
 
 class PoisonedModel:

@@ -18,15 +18,13 @@ from cloud_service.asr.model import AsrModel
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from testkit.fleet import build_artifact
-from tests.integration.cloud_fixtures import ServerThread, cloud_config
+from tests.integration.cloud_fixtures import (
+    ServerThread,
+    cloud_config,
+)
 
 pytestmark = pytest.mark.slow
 SECRET = b"secret outside every artifact\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_asr(tiny_checkpoint: Path) -> AsrModel:
-    return AsrModel.load(tiny_checkpoint, device="cpu")  # the server needs a model; FetchModel never uses it
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,12 @@ from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from testkit.servers import RedisServer
 from testkit.wait import wait_for
 from tests.audio_fixtures import data_prompts, pcm16_audio, silence_pcm16
-from tests.integration.cloud_fixtures import ServerThread, bearer, cloud_config, register_device
+from tests.integration.cloud_fixtures import (
+    ServerThread,
+    bearer,
+    cloud_config,
+    register_device,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -30,11 +34,6 @@ C, CX = "ten-c", "ten-c-x"  # one id is a prefix of the other: "ten-c-x-1" is a 
 DEVICES = (A, B, C, CX)
 Stub = asr_pb2_grpc.EscalationServiceStub
 LONGEST_KEY = 256  # well above "asr:published:" + 64-char device + ":" + 128-char segment id
-
-
-@pytest.fixture(scope="module")
-def tiny_asr(tiny_checkpoint: Path) -> AsrModel:
-    return AsrModel.load(tiny_checkpoint, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,47 +4,16 @@ limit, and ffmpeg is capped by time, output bytes and wall clock. Peak RSS is me
 from __future__ import annotations
 
 import io
-import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 import soundfile
 
 from cloud_service.asr import audio_codec
 from cloud_service.asr.audio_codec import MAX_CHANNELS, SAMPLE_RATE, AudioError, Encoding, decode_audio
+from testkit.memory import MB, PeakRss
 from tests.prereq import require
-
-MB = 1024 * 1024
-
-
-class PeakRss:
-    """Highest RSS of this process during the block, minus the RSS on entry (sampled every 2 ms)."""
-
-    def __init__(self) -> None:
-        self._proc = psutil.Process()
-        self._stop = threading.Event()
-        self.baseline = self.peak = 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> PeakRss:
-        self.baseline = self.peak = self._proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / MB
 
 
 def _flac(seconds: float, channels: int, rate: int) -> bytes:
