@@ -252,9 +252,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return {
         "devices": args.devices, "duration_s": args.duration, "interval_s": args.interval, "drain_s": args.drain,
         "wall_s": round(wall, 1),
-        "model": args.model, "warmup_s": WARMUP_S,
-        "cloud_rss": traces["cloud"][1].summary(WARMUP_S, args.duration / 2),
-        "edge_rss": traces["edge"][1].summary(WARMUP_S, args.duration / 2),
+        "model": args.model, "warmup_s": args.warmup,
+        "cloud_rss": traces["cloud"][1].summary(args.warmup, args.duration / 2),
+        "edge_rss": traces["edge"][1].summary(args.warmup, args.duration / 2),
         "simulated_devices": _device_check(devices), "edge": {**_edge_check(events), "exit_code": edge.returncode},
     }
 
@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--duration", type=float, default=300.0, help="seconds of escalating")
     p.add_argument("--interval", type=float, default=300.0, help="mean seconds between one device's escalations")
+    p.add_argument("--warmup", type=float, default=WARMUP_S,
+                   help="seconds before the RSS baseline is taken (allocator caches fill as batch shapes arrive)")
     p.add_argument("--drain", type=float, default=300.0,
                    help="seconds after the run for escalations still in flight to be answered (then: unanswered)")
     p.add_argument("--model", default=str(ROOT / "models" / "base.pt"))
