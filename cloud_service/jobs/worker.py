@@ -279,6 +279,9 @@ class StreamWorker:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
+                if down:  # it answered, so it is back: say so before the round that publishes anything
+                    log.warning("Redis is back")
+                    down = False
                 # Redis came back empty (restarted without persistence, or flushed): the group went with it.
                 log.warning("consumer group %s is gone (Redis restarted empty?); creating it again",
                             self.config.group)
