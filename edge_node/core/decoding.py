@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge_node.core.hotwords import BiasOptions, EncodedHotwords, HotwordBias
 from edge_node.core.tokenizer import Tokenizer
 from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
 
@@ -53,6 +54,9 @@ class DecodingOptions:
     suppress_non_speech: bool = True  # whisper's suppress_tokens="-1"
     prompt: tuple[int, ...] = ()  # previous text or hot words, fed after <|startofprev|>
     seed: int = 0  # for sampling at temperature > 0
+    # Contextual biasing (edge_node/core/hotwords.py): boosts choices only; log-probs stay unbiased.
+    hotwords: EncodedHotwords = field(default_factory=EncodedHotwords)
+    bias: BiasOptions = field(default_factory=BiasOptions)
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,33 @@ class _Row:
     sum_logprob: float = 0.0
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
+    bias_score: float = 0.0  # hot-word bonus summed over the choices: ranks beams, never reported
 
-    def extended(self, token: int, logprob: float, entropy: float) -> _Row:
+    def extended(self, token: int, logprob: float, entropy: float, bonus: float = 0.0) -> _Row:
         return _Row(
             [*self.tokens, token],
             self.sum_logprob + logprob,
             [*self.logprobs, logprob],
             [*self.entropies, entropy],
+            self.bias_score + bonus,
         )
+
+    @property
+    def score(self) -> float:
+        return self.sum_logprob + self.bias_score
+
+
+def _scores(
+    logits: np.ndarray, tokens: list[list[int]], rules: LogitRules, bias: HotwordBias | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(unbiased log-probs after whisper's rules, log-probs to choose from). The first feeds avg_logprob,
+    token log-probs and entropies (confidence, escalation, fallback); `logits` is left biased, for sampling."""
+    rules.apply(logits, tokens)
+    raw = log_softmax(logits)
+    if bias is None:
+        return raw, raw
+    bias.apply(logits, tokens)
+    return raw, log_softmax(logits)
 
 
 def initial_tokens(
@@ -181,6 +204,7 @@ def decode(
     init, sot_index = initial_tokens(tokenizer, options)
     sample_begin = len(init)
     rules = LogitRules(tokenizer, options, sample_begin)
+    bias = HotwordBias(options.hotwords, sample_begin, tokenizer.eot, options.bias) if options.hotwords else None
     rng = np.random.default_rng(options.seed)
 
     # Logits for <|startoftranscript|> give the no-speech probability; the decoder only returns the last
@@ -194,9 +218,9 @@ def decode(
         logits, k, v, _ = model.decode(rest, k, v, cross_k, cross_v)
 
     if beam > 1:
-        rows = _beam_search(model, tokenizer, rules, options, logits, k, v, cross_k, cross_v, init, beam)
+        rows = _beam_search(model, tokenizer, rules, bias, options, logits, k, v, cross_k, cross_v, init, beam)
     else:
-        rows = _greedy(model, tokenizer, rules, options, logits, k, v, cross_k, cross_v, init, rng)
+        rows = _greedy(model, tokenizer, rules, bias, options, logits, k, v, cross_k, cross_v, init, rng)
 
     results = []
     for i, row in enumerate(rows):
@@ -223,6 +247,7 @@ def _greedy(
     model: DecoderModel,
     tokenizer: Tokenizer,
     rules: LogitRules,
+    bias: HotwordBias | None,
     options: DecodingOptions,
     logits: np.ndarray,
     k: np.ndarray,
@@ -235,8 +260,7 @@ def _greedy(
     eot = tokenizer.eot
     rows = [_Row(list(init)) for _ in range(cross_k.shape[1])]
     for _ in range(options.sample_len):
-        rules.apply(logits, [r.tokens for r in rows])
-        logprobs = log_softmax(logits)
+        logprobs, _ = _scores(logits, [r.tokens for r in rows], rules, bias)
         if options.temperature > 0:
             p = np.exp(log_softmax(logits / options.temperature).astype(np.float64))
             choice = [int(rng.choice(p.shape[1], p=pi / pi.sum())) for pi in p]
@@ -259,6 +283,7 @@ def _beam_search(
     model: DecoderModel,
     tokenizer: Tokenizer,
     rules: LogitRules,
+    bias: HotwordBias | None,
     options: DecodingOptions,
     logits: np.ndarray,
     k: np.ndarray,
@@ -278,8 +303,7 @@ def _beam_search(
     live = [_Row(list(init)) for _ in range(n_audio * beam)]
     finished: list[dict[tuple[int, ...], _Row]] = [{} for _ in range(n_audio)]
     for step in range(options.sample_len):
-        rules.apply(logits, [r.tokens for r in live])
-        logprobs = log_softmax(logits)
+        logprobs, chosen = _scores(logits, [r.tokens for r in live], rules, bias)
         entropies = _entropy(logprobs)
         next_rows: list[_Row] = []
         sources: list[int] = []
@@ -288,12 +312,13 @@ def _beam_search(
             # On the first step all beams are equal: expand only one, or the beam fills with duplicates.
             for j in range(1 if step == 0 else beam):
                 idx = a * beam + j
-                top = np.argpartition(-logprobs[idx], beam + 1)[: beam + 1]
+                top = np.argpartition(-chosen[idx], beam + 1)[: beam + 1]
                 for t in top:
-                    new = live[idx].extended(int(t), float(logprobs[idx, t]), float(entropies[idx]))
+                    lp, bonus = float(logprobs[idx, t]), float(chosen[idx, t] - logprobs[idx, t])
+                    new = live[idx].extended(int(t), lp, float(entropies[idx]), bonus)
                     candidates[tuple(new.tokens)] = (new, idx)
             saved = 0
-            for _seq, (row, idx) in sorted(candidates.items(), key=lambda kv: -kv[1][0].sum_logprob):
+            for _seq, (row, idx) in sorted(candidates.items(), key=lambda kv: -kv[1][0].score):
                 if row.tokens[-1] == eot:
                     if len(finished[a]) < max_candidates:
                         finished[a][tuple(row.tokens)] = row
@@ -319,9 +344,10 @@ def _beam_search(
     for a in range(n_audio):
         pool = dict(finished[a])
         if len(pool) < beam:
-            for row in sorted(live[a * beam : (a + 1) * beam], key=lambda r: -r.sum_logprob):
+            for row in sorted(live[a * beam : (a + 1) * beam], key=lambda r: -r.score):
                 pool.setdefault(
-                    tuple(row.tokens), _Row([*row.tokens, eot], row.sum_logprob, row.logprobs, row.entropies)
+                    tuple(row.tokens),
+                    _Row([*row.tokens, eot], row.sum_logprob, row.logprobs, row.entropies, row.bias_score),
                 )
         sample_begin = rules.sample_begin
         best.append(
@@ -334,7 +360,7 @@ def _rank_score(row: _Row, sample_begin: int, eot: int, length_penalty: float | 
     sampled = row.tokens[sample_begin:]
     length = sampled.index(eot) if eot in sampled else len(sampled)
     penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
-    return row.sum_logprob / max(penalty, 1e-9)
+    return row.score / max(penalty, 1e-9)
 
 
 def needs_fallback(result: DecodingResult) -> bool:

@@ -56,6 +56,9 @@ class EdgeConfig:
     # behaviour).
     fallback_on_escalate: bool = False
     initial_prompt: str | None = None  # hot words / domain vocabulary, fed after <|startofprev|>
+    # Phrases for contextual biasing of the edge decoder (docs/hotwords.md); per call, transcribe(hotwords=...)
+    # overrides them.
+    hotwords: tuple[str, ...] = ()
     timestamps: bool = False  # segment windows further by Whisper's timestamp tokens
     word_timestamps: bool = True
     max_window_s: float = 30.0

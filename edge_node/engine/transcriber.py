@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_node.core import confidence as conf
 from edge_node.core.decoding import DecodingOptions, DecodingResult, decode_with_fallback, needs_fallback
+from edge_node.core.hotwords import encode_hotwords
 from edge_node.core.timing import WordTiming, token_time_matrix, word_timings
 from edge_node.core.tokenizer import Tokenizer, get_tokenizer
 from edge_node.core.windows import Window, plan_windows
@@ -84,6 +85,11 @@ class EdgeTranscriber:
             beam_size=config.beam_size, without_timestamps=not config.timestamps, prompt=prompt
         )
 
+    def _with_hotwords(self, phrases: tuple[str, ...]) -> DecodingOptions:
+        if not phrases:
+            return self.options
+        return replace(self.options, hotwords=encode_hotwords(self.tokenizer.encode, phrases))
+
     def with_config(self, config: EdgeConfig) -> EdgeTranscriber:
         """Other decoding settings on the same loaded sessions (model_dir and threads are kept)."""
         other = copy.copy(self)
@@ -97,8 +103,11 @@ class EdgeTranscriber:
         result = self.transcribe(samples)
         return replace(result, file=str(path), wall_s=round(time.perf_counter() - t0, 4))
 
-    def transcribe(self, samples: np.ndarray) -> FileResult:
+    def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...] = ()) -> FileResult:
+        """Transcribe 16 kHz samples; `hotwords` (else config.hotwords) bias decoding (docs/hotwords.md).
+        ValueError naming the problem for phrases over the bounds or with special-token markup."""
         t0 = time.perf_counter()
+        options = self._with_hotwords(hotwords or self.config.hotwords)
         duration = samples.size / audio.SAMPLE_RATE
         speech = self.vad.speech_segments(samples, self.config.vad)
         windows = plan_windows(speech, duration, self.config.max_window_s, self.config.split_pause_s)
@@ -115,7 +124,7 @@ class EdgeTranscriber:
         for n, items in by_frames.items():
             for b in range(0, len(items), self.config.batch_size):
                 batch = items[b : b + self.config.batch_size]
-                done.update(self._decode_batch(batch, n))
+                done.update(self._decode_batch(batch, n, options))
         for i in range(len(windows)):
             segments.extend(done.get(i, []))
         text = " ".join(s.text for s in segments).strip()
@@ -124,7 +133,7 @@ class EdgeTranscriber:
         )
 
     def _decode_batch(
-        self, batch: list[tuple[int, Window, np.ndarray]], n_frames: int
+        self, batch: list[tuple[int, Window, np.ndarray]], n_frames: int, options: DecodingOptions
     ) -> dict[int, list[Segment]]:
         """Encode and decode windows of one encoder length together; re-do doubtful reduced-context ones at 30
         s."""
@@ -138,7 +147,7 @@ class EdgeTranscriber:
         )
         del encoded
         temps = self.config.temperatures
-        first = decode_with_fallback(self.model, self.tokenizer, *cross, self.options, temps[:1])
+        first = decode_with_fallback(self.model, self.tokenizer, *cross, options, temps[:1])
         items: list[tuple[DecodingResult, tuple[np.ndarray, np.ndarray]]] = [
             (r, (cross[0][:, j : j + 1], cross[1][:, j : j + 1])) for j, r in enumerate(first)
         ]
@@ -152,14 +161,14 @@ class EdgeTranscriber:
                 )
                 ck, cv = self.model.encode(batch[j][2][None])
                 items[j] = (
-                    decode_with_fallback(self.model, self.tokenizer, ck, cv, self.options, temps[:1])[0],
+                    decode_with_fallback(self.model, self.tokenizer, ck, cv, options, temps[:1])[0],
                     (ck, cv),
                 )
         if len(temps) > 1:
             for j, (r, (ck, cv)) in enumerate(items):
                 if not self._done(r):
                     again = decode_with_fallback(
-                        self.model, self.tokenizer, ck, cv, self.options, temps[1:], self._done
+                        self.model, self.tokenizer, ck, cv, options, temps[1:], self._done
                     )[0]
                     items[j] = (again, (ck, cv))
         out: dict[int, list[Segment]] = {}
