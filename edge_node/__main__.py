@@ -8,6 +8,7 @@ import sys
 from edge_node.cli.agent import add_agent_parser
 from edge_node.cli.run import add_run_parser
 from edge_node.cli.transcribe import add_transcribe_parser
+from edge_node.cli.wyoming import add_wyoming_parser
 from shared.cli import run_cli, setup_logging
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transcribe_parser(sub)
     add_run_parser(sub)
     add_agent_parser(sub)
+    add_wyoming_parser(sub)
     return p
 
 
