@@ -27,6 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet", default="default", help="fleet name in MQTT topics")
     p.add_argument("--stream", default=c.DEFAULT_STREAM, help="Redis Stream of Submit jobs")
     p.add_argument("--group", default=c.DEFAULT_GROUP, help="consumer group of the workers")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (PORT or :PORT: on 127.0.0.1; default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-auth", action="store_true", help="accept requests without a device token (labs only)"
     )
+    s.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the OpenAI-compatible REST API here (same model; HTTPS with --tls-cert/"
+                   "--tls-key; non-loopback needs TLS or --insecure)")
     s.add_argument("--tls-cert", help="server certificate (PEM)")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="CA for client certificates: turns on mTLS")
@@ -123,6 +128,10 @@ def _checked_values(args: argparse.Namespace) -> tuple[float, float]:
 
 def config_from_args(args: argparse.Namespace) -> CloudConfig:
     ttl, max_age = _checked_values(args)
+    if args.metrics_listen:  # a malformed address fails now, not after the model loads
+        from cloud_service.api.metrics import parse_metrics_listen
+
+        parse_metrics_listen(args.metrics_listen)
     if getattr(args, "mqtt_host", None):  # at start-up, before the model loads
         require_tls(args.mqtt_host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure,
                     what=f"--mqtt-host {args.mqtt_host}", tls_flag="--mqtt-tls-ca")
@@ -161,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         mqtt_port=getattr(args, "mqtt_port", 1883),
         grace_s=getattr(args, "grace_s", 5.0),
         insecure=args.insecure,
+        metrics_listen=args.metrics_listen,
+        http_listen=getattr(args, "http", None),
     )
 
 

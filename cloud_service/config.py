@@ -79,6 +79,8 @@ class CloudConfig:
     heartbeat_file: Path | None = None  # touched every loop: the container health check
     grace_s: float = 5.0  # graceful-shutdown time for in-flight RPCs
     insecure: bool = False  # allow plaintext gRPC (serve) or MQTT (worker) off loopback (labs only)
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus /metrics page; None: off
+    http_listen: str | None = None  # HOST:PORT of the OpenAI-compatible REST API (cloud_service/http); None: off
 
     def checkpoint_path(self) -> Path:
         p = Path(self.model)

@@ -21,6 +21,7 @@ import grpc
 from cloud_service.api import artifacts, limits
 from cloud_service.api.auth import Authenticator, AuthInterceptor, authenticated_device
 from cloud_service.api.messages import job_fields, to_asr_request, to_response
+from cloud_service.api.metrics import CloudMetrics, Exporter, MetricsInterceptor
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.batching import Batcher, DeadlineExpiredError, QueueFullError
 from cloud_service.asr.model import AsrModel, AsrRequest, AsrResult
@@ -41,13 +42,18 @@ ResultKey = tuple[str, str]
 
 
 class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
-    def __init__(self, config: CloudConfig, asr: AsrModel, store: Store) -> None:
+    def __init__(self, config: CloudConfig, asr: AsrModel, store: Store, metrics: CloudMetrics | None = None) -> None:
         self.config = config
         self.asr = asr
         self.store = store
+        self.metrics = metrics or CloudMetrics.create()
+        self.exporter: Exporter | None = None  # /metrics, when --metrics-listen is given
         self.batcher: Batcher[AsrRequest, AsrResult] = Batcher(
-            asr.transcribe_batch, config.max_batch, config.max_wait_ms, config.queue_size, self._dropped
+            asr.transcribe_batch, config.max_batch, config.max_wait_ms, config.queue_size, self._dropped,
+            on_batch=self.metrics.batch_done,
         )
+        self.metrics.watch_queue(lambda: self.batcher.depth)
+        self.metrics.set_model(asr.name, asr.version)
         self._inflight: dict[ResultKey, asyncio.Future[asr_pb2.TranscribeResponse]] = {}
         # Admission slots for audio decoding: a decode holds one from start to end, in a pool of as many threads,
         # so at most max_decodes clips are ever being decoded (each bounded by max_audio_s); none free is
@@ -127,6 +133,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
     ) -> asr_pb2.TranscribeResponse:
         started = time.perf_counter()
         device = await self._admit(request, context)
+        self.metrics.escalation(device)
         key = (device, request.segment_id)
         stored = await self.store.get_result(*key)
         if stored is not None:
@@ -154,6 +161,7 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
                 request, device, result, self.asr, stats.queue_ms, (time.perf_counter() - started) * 1000
             )
             done.set_result(resp)
+            self.metrics.request_seconds.observe(time.perf_counter() - started)
         except BaseException as exc:
             del self._inflight[key]
             if isinstance(exc, Exception):
@@ -212,6 +220,8 @@ class EscalationServicer(asr_pb2_grpc.EscalationServiceServicer):
             )
 
     async def aclose(self) -> None:
+        if self.exporter is not None:
+            self.exporter.close()
         await self.batcher.aclose()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         await self.store.aclose()
@@ -248,8 +258,9 @@ def create_server(
                         "--redis URL (or --no-auth for a lab)")
     if asr is None:
         asr = AsrModel.from_config(config)
-    store = Store(config.redis_url, config.result_ttl_s, config.redis_retry_s)
-    interceptors = []
+    metrics = CloudMetrics.create()  # this server's own registry
+    store = Store(config.redis_url, config.result_ttl_s, config.redis_retry_s, on_error=metrics.redis_error)
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]  # first: sees auth refusals
     if config.auth:
         interceptors.append(
             AuthInterceptor(Authenticator(store, clock, config.auth_cache_ttl_s, config.auth_cache_max_age_s),
@@ -262,7 +273,7 @@ def create_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    servicer = EscalationServicer(config, asr, store)
+    servicer = EscalationServicer(config, asr, store, metrics)
     asr_pb2_grpc.add_EscalationServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -274,6 +285,9 @@ def create_server(
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     if port == 0:
         raise UserError(f"cannot listen on {address}")
+    if config.metrics_listen:
+        servicer.exporter = metrics.serve(config.metrics_listen)
+        log.info("metrics on http://%s/metrics", config.metrics_listen)
     _SERVICERS[server] = servicer
     return server, port
 
@@ -292,6 +306,12 @@ async def _serve(config: CloudConfig, address: str) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     server, port = create_server(config, address)
     await server.start()
+    http = None
+    if config.http_listen:  # the REST API, on this loop, over the same servicer (one Batcher, one model)
+        from cloud_service.http.serve import start_http, stop_http
+
+        http = await start_http(config, _SERVICERS[server], config.http_listen)
+        log.info("REST API on %s://%s/v1", "https" if config.tls else "http", config.http_listen)
     log.info(
         "listening on %s (port %d), model %s, max_batch %d, max_wait %.0f ms",
         address,
@@ -306,6 +326,8 @@ async def _serve(config: CloudConfig, address: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down (grace %.0f s)", config.grace_s)
+    if http is not None:
+        await stop_http(*http)
     await stop_server(server, config.grace_s)
 
 

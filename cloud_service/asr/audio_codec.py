@@ -245,3 +245,51 @@ def decode_audio(encoding: int, sample_rate: int, data: bytes, max_seconds: floa
     if out.size == 0:  # one 48 kHz sample resamples to none: nothing a model could be run on
         raise AudioError(f"audio is too short ({samples.size} samples at {rate} Hz)")
     return DecodedAudio(out, rate)
+
+
+# Containers libsndfile reads itself; anything else an upload may be (MP3, WebM, M4A, Ogg/Opus without libsndfile
+# support) goes through ffmpeg with the same caps as Opus.
+_SOUNDFILE_CONTAINERS = {"WAV", "FLAC"}
+
+
+def _decode_ffmpeg_any(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError("this server cannot decode this format (no ffmpeg); send WAV or FLAC")
+    stop_s = max_seconds + FFMPEG_TAIL_S
+    cmd = [
+        ffmpeg, "-nostdin", "-v", "error", "-i", "pipe:0",
+        "-map", "0:a:0", "-t", f"{stop_s:.3f}",
+        "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
+    ]  # fmt: skip
+    max_bytes = int((stop_s + 1.0) * SAMPLE_RATE) * 2
+    code, out, err = run_capped(cmd, data, max_bytes=max_bytes, timeout_s=FFMPEG_TIMEOUT_S, what="decoding audio")
+    if code != 0 or not out:
+        reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
+        raise AudioError(f"cannot decode the uploaded audio: {reason[0]}")
+    if len(out) // 2 > max_seconds * SAMPLE_RATE:
+        raise AudioError(f"audio is longer than the limit of {max_seconds:g} s per request (decoding stopped "
+                         f"at {stop_s:g} s)")
+    return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+def decode_upload(data: bytes, max_seconds: float) -> DecodedAudio:
+    """Decode an uploaded file of any common container (REST API): WAV/FLAC by libsndfile, the rest by ffmpeg,
+    both bounded as in `decode_audio`. Raises AudioError saying why."""
+    if not data:
+        raise AudioError("the uploaded file is empty (0 bytes)")
+    found = _container(data)
+    if found in _SOUNDFILE_CONTAINERS:
+        samples, rate = _decode_soundfile(data, found or "", max_seconds)
+    else:
+        samples, rate = _decode_ffmpeg_any(data, max_seconds)
+    if samples.size == 0:
+        raise AudioError("audio holds no samples")
+    if samples.size > max_seconds * rate:
+        raise _too_long(samples.size / rate, max_seconds)
+    if not np.isfinite(samples).all():
+        raise AudioError("audio holds non-finite samples")
+    out = resample(samples, rate, SAMPLE_RATE)
+    if out.size == 0:
+        raise AudioError(f"audio is too short ({samples.size} samples at {rate} Hz)")
+    return DecodedAudio(out, rate)

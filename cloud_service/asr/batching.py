@@ -83,6 +83,7 @@ class Batcher(Generic[Req, Res]):
         max_wait_ms: float,
         queue_size: int,
         on_drop: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
@@ -91,6 +92,7 @@ class Batcher(Generic[Req, Res]):
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
         self._on_drop = on_drop
+        self._on_batch = on_batch  # (batch size, seconds in the model): the metrics' hook
         self._pending: collections.deque[_Job[Req, Res]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -170,6 +172,8 @@ class Batcher(Generic[Req, Res]):
             log.exception("batch of %d failed", len(live))
             results = [exc] * len(live)
         answered = sum(not isinstance(r, Exception) for r in results)
+        if self._on_batch:
+            self._on_batch(len(live), time.perf_counter() - started)
         if answered:
             self.batches_run += 1
             self.items_run += answered

@@ -34,6 +34,15 @@ class AsrRequest:
     samples: np.ndarray  # float32 mono 16 kHz, at most 30 s
     language: str | None  # None: detect per item
     prompt: str | None = None
+    word_timestamps: bool = False  # align each word (cross-attention DTW): the REST API's words; gRPC never asks
+
+
+@dataclass(frozen=True)
+class AsrWord:
+    word: str
+    start: float
+    end: float
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class AsrResult:
     batch_size: int = 1
     inference_ms: float = 0.0
     language_probs: dict[str, float] = field(default_factory=dict, compare=False)
+    words: tuple[AsrWord, ...] = ()  # only when the request asked for word_timestamps
 
 
 def pick_device(requested: str) -> tuple[str, bool]:
@@ -355,4 +365,23 @@ class AsrModel:
             compression_ratio=float(r.compression_ratio),
             batch_size=batch_size,
             inference_ms=ms,
+            words=self._words(list(r.tokens), item, tok) if item.word_timestamps else (),
         )
+
+    def _words(self, tokens: list[int], item: AsrRequest, tok: Any) -> tuple[AsrWord, ...]:
+        """Word timings by openai-whisper's DTW over the alignment heads' cross-attention (one extra decoder
+        pass for this item alone, so items that did not ask cost nothing)."""
+        import torch
+        from whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
+        from whisper.timing import find_alignment
+
+        text_tokens = [t for t in tokens if t < tok.eot]
+        if not text_tokens:
+            return ()
+        mel = log_mel_spectrogram(pad_or_trim(torch.from_numpy(item.samples)), self.model.dims.n_mels)
+        mel = mel.to(self.device)
+        num_frames = min(N_FRAMES, len(item.samples) // 160)
+        with torch.no_grad():
+            timings = find_alignment(self.model, tok, text_tokens, mel.half() if self.fp16 else mel, num_frames)
+        return tuple(AsrWord(w.word, float(w.start), float(w.end), float(w.probability))
+                     for w in timings if w.word.strip())

@@ -102,8 +102,10 @@ def connect(url: str) -> Any:
 class Store:
     """Async Redis access that never raises for an unavailable Redis; callers get the given default."""
 
-    def __init__(self, url: str | None, result_ttl_s: int, retry_s: float = 2.0) -> None:
+    def __init__(self, url: str | None, result_ttl_s: int, retry_s: float = 2.0,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.url = url
+        self._on_error = on_error  # (operation): counts failed Redis calls (metrics)
         self.result_ttl_s = result_ttl_s
         self.retry_s = retry_s
         self._redis: Any = connect(url) if url else None
@@ -125,6 +127,8 @@ class Store:
         try:
             value = await fn(self._redis)
         except (ConnectionError, TimeoutError, OSError) as exc:
+            if self._on_error is not None:
+                self._on_error(what)
             if self._down_since is None:
                 self._down_since = now
                 log.warning(

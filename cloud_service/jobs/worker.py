@@ -24,6 +24,7 @@ from typing import Any
 
 from cloud_service.api.limits import check_device_id, check_segment_owner, check_transcribe_request
 from cloud_service.api.messages import parse_request, to_asr_request, to_json, to_response
+from cloud_service.api.metrics import CloudMetrics
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.batching import run_isolated
 from cloud_service.asr.model import AsrModel
@@ -107,12 +108,15 @@ class MqttPublisher:
 
 class StreamWorker:
     def __init__(
-        self, config: CloudConfig, asr: AsrModel, redis: Any, publisher: MqttPublisher | None
+        self, config: CloudConfig, asr: AsrModel, redis: Any, publisher: MqttPublisher | None,
+        metrics: CloudMetrics | None = None,
     ) -> None:
         self.config = config
         self.asr = asr
         self.redis = redis
         self.publisher = publisher
+        self.metrics = metrics or CloudMetrics.create()
+        self.metrics.set_model(asr.name, asr.version)
         self.stop_event = threading.Event()
 
     def ensure_group(self) -> None:
@@ -183,6 +187,7 @@ class StreamWorker:
             return
         t0 = time.perf_counter()
         results = run_isolated(self.asr.transcribe_batch, [a for _, a in todo])
+        self.metrics.batch_done(len(todo), time.perf_counter() - t0)
         log.info("decoded %d jobs in %.0f ms", len(todo), (time.perf_counter() - t0) * 1000)
         for (p, _), res in zip(todo, results, strict=True):
             try:
@@ -195,12 +200,14 @@ class StreamWorker:
                 self._failed(p, exc)
                 continue
             self._finish(p, resp.SerializeToString(), None)
+            self.metrics.jobs.labels(outcome="done").inc()
 
     def _failed(self, p: Parsed, exc: Exception) -> None:
         """A delivery of the job failed: leave it pending (delivered again after claim_min_idle_ms), or give up
         on it after max_job_attempts deliveries."""
         error = f"{type(exc).__name__}: {exc}"
         attempts, limit = p.job.deliveries, self.config.max_job_attempts
+        self.metrics.jobs.labels(outcome="failed").inc()
         if attempts >= limit:
             self._give_up(p, error, attempts)
             return
@@ -216,6 +223,7 @@ class StreamWorker:
             fields=p.job.fields, device=p.device, segment_id=p.req.segment_id, error=error, attempts=attempts,
             ttl_s=cfg.result_ttl_s,
         )
+        self.metrics.jobs.labels(outcome="dead_lettered").inc()
         log.error("dead-lettered job %s (segment %s) to %s after %d attempts: %s",
                   p.job.entry_id, p.req.segment_id, cfg.dead_letters, attempts, error)
         published = published_key(p.device, p.req.segment_id)
@@ -270,6 +278,7 @@ class StreamWorker:
                 log.warning("%s; retrying", exc)
                 self.stop_event.wait(self.config.redis_retry_s)
             except (ConnectionError, RedisTimeoutError) as exc:
+                self.metrics.redis_error("worker round")
                 if not down:
                     log.warning(
                         "Redis unavailable (%s); retrying every %.0f s", exc, self.config.redis_retry_s
@@ -309,13 +318,17 @@ def run_worker(config: CloudConfig) -> None:
     asr = AsrModel.from_config(config)
     settings = mqtt_settings(config)
     publisher = MqttPublisher(settings) if settings is not None else None
-    worker = StreamWorker(config, asr, client, publisher)
+    metrics = CloudMetrics.create()
+    exporter = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    worker = StreamWorker(config, asr, client, publisher, metrics)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
     try:
         worker.run()
     finally:
         log.info("worker %s stopped", config.consumer)
+        if exporter is not None:
+            exporter.close()
         if publisher is not None:
             publisher.close()
         client.close()

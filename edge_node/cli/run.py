@@ -80,6 +80,8 @@ def add_run_parser(sub: Any) -> None:
                    help="a pause this long ends a segment, so each utterance is judged on its own (default 0.5)")
     p.add_argument("--timeout", type=_positive_seconds, default=30.0, help="deadline per cloud call, seconds")
     p.add_argument("--heartbeat-file", type=Path, help="touched while alive (container health checks)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics here (PORT or :PORT: "
+                   "on 127.0.0.1; default: off)")
     m = p.add_argument_group("MQTT control plane (live parameters, model rollouts, state)")
     m.add_argument("--mqtt", metavar="HOST:PORT", help="broker; omit to run without a control plane")
     m.add_argument("--mqtt-user", help="broker user (default: the device id)")
@@ -102,6 +104,10 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         raise UserError(f"--source {args.source}: no such file or directory")
     if args.beam is not None and not 1 <= args.beam <= 16:
         raise UserError(f"--beam must be between 1 and 16, not {args.beam}")
+    if args.metrics_listen:  # refused before the state directory or the model is touched
+        from edge_node.daemon.metrics import parse_metrics_listen
+
+        parse_metrics_listen(args.metrics_listen)
     cloud = _cloud_config(args) if args.cloud else None
     policy = EscalationPolicy(device_language=args.lang)
     if args.budget is not None:
@@ -120,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         outbox_limits=OutboxLimits(max_entries=args.outbox_max_entries), wire=WireEncoding(args.wire),
         events=args.events, exit_when_drained=False if args.keep_running else None,
         heartbeat_file=args.heartbeat_file, agent=agent, operator_pubkey=pubkey,
+        metrics_listen=args.metrics_listen,
     )
 
 

@@ -34,6 +34,7 @@ class DaemonConfig:
     in_flight: int = 4  # concurrent escalation calls: the cloud batches requests that arrive together
     agent: AgentConfig | None = None  # MQTT control plane: live parameters, model rollouts, state
     operator_pubkey: Path | None = None  # verifies model artifacts pushed over MQTT
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus /metrics page; None: off
 
     def __post_init__(self) -> None:
         # The CLI refuses such values with a message naming the flag; this is the invariant for other callers.

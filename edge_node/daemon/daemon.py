@@ -35,6 +35,7 @@ from edge_node.daemon.config import DaemonConfig
 from edge_node.daemon.events import EventWriter
 from edge_node.daemon.hotswap import HotSwap
 from edge_node.daemon.live_params import Tunables
+from edge_node.daemon.metrics import EdgeMetrics, EdgeSnapshot, Exporter
 from edge_node.daemon.outbox import Outbox, OutboxError, create_key, load_key
 from edge_node.daemon.sender import EscalationSender
 from edge_node.daemon.sources import AudioChunk, ProcessedLog, read_file, read_pcm16_stream, watch_directory
@@ -74,9 +75,14 @@ class EdgeDaemon:
             target=config.cloud.target if config.cloud else "?",
         )
         self.agent: DeviceAgent | None = None
+        self.metrics = EdgeMetrics.create(self._metrics_snapshot)
+        self._model_seen: tuple[Path, tuple[str, str] | None] | None = None  # manifest read once per model dir
 
     # -- main loop -----------------------------------------------------------------------------------------------
     def run(self) -> int:
+        exporter: Exporter | None = None
+        if self.config.metrics_listen:  # first: a port that is taken is refused before any work
+            exporter = self.metrics.serve(self.config.metrics_listen)
         self._install_signals()
         try:
             self.sender.emit_recorded_answers()
@@ -104,6 +110,8 @@ class EdgeDaemon:
         finally:
             self.sender.stop(timeout_s=10)
             self._shutdown()
+            if exporter is not None:
+                exporter.close()
         return 0 if drained else 1
 
     def _chunks(self, kind: str) -> Iterator[AudioChunk]:
@@ -162,7 +170,9 @@ class EdgeDaemon:
     # -- edge side -----------------------------------------------------------------------------------------------
     def handle_chunk(self, chunk: AudioChunk) -> None:
         self._take_updates()
+        started = time.perf_counter()
         result = self.hotswap.transcriber.transcribe(chunk.samples)
+        self.metrics.chunk_done(chunk.samples.size / audio.SAMPLE_RATE, time.perf_counter() - started)
         now = time.monotonic()
         for seg in result.segments:
             self._handle_segment(chunk, seg, now)
@@ -259,16 +269,25 @@ class EdgeDaemon:
         self.agent.start()
 
     def _boot_model(self) -> tuple[str, str] | None:
-        try:
-            manifest = read_manifest(self.config.edge.model_dir)
-        except (OSError, UserError, ValueError):
-            return None  # an unsigned lab model directory: nothing to report
-        return manifest.name, manifest.version
+        return _manifest_model(self.config.edge.model_dir)
 
     def _state_counters(self) -> dict[str, float]:
         seen = max(1, self.counters["segments"])
         return {**{k: float(v) for k, v in self.counters.items()},
                 "escalation_rate": round(self.counters["escalated"] / seen, 4)}
+
+    def _metrics_snapshot(self) -> EdgeSnapshot:
+        """Called on the metrics server's thread at each scrape: reads, never changes, the daemon's state."""
+        try:
+            outbox: dict[str, int] | None = self.outbox.stats()
+        except OutboxError:
+            outbox = None
+        model_dir = self.hotswap.transcriber.config.model_dir
+        if self._model_seen is None or self._model_seen[0] != model_dir:
+            self._model_seen = (model_dir, _manifest_model(model_dir))
+        agent = self.agent
+        return EdgeSnapshot(device=self.config.device_id, counters=dict(self.counters), outbox=outbox,
+                            model=self._model_seen[1], config_version=agent.rec.config_version if agent else 0)
 
     def _heartbeat(self) -> None:
         if self.config.heartbeat_file:
@@ -310,6 +329,14 @@ def _open_outbox(config: DaemonConfig) -> Outbox:
         log.info("created outbox key %s", key_file)
     name = f"--outbox-key-file {key_file}" if config.outbox_key_file else f"the outbox key {key_file}"
     return Outbox(config.state_dir / "outbox.db", load_key(key_file), config.outbox_limits, key_name=name)
+
+
+def _manifest_model(model_dir: Path) -> tuple[str, str] | None:
+    try:
+        manifest = read_manifest(model_dir)
+    except (OSError, UserError, ValueError):
+        return None  # an unsigned lab model directory: nothing to report
+    return manifest.name, manifest.version
 
 
 def _audio_span(seg: Segment) -> tuple[float, float]:
