@@ -129,7 +129,7 @@ def _checked_values(args: argparse.Namespace) -> tuple[float, float]:
 def config_from_args(args: argparse.Namespace) -> CloudConfig:
     ttl, max_age = _checked_values(args)
     if args.metrics_listen:  # a malformed address fails now, not after the model loads
-        from cloud_service.api.metrics import parse_metrics_listen
+        from shared.metrics_http import parse_metrics_listen
 
         parse_metrics_listen(args.metrics_listen)
     if getattr(args, "mqtt_host", None):  # at start-up, before the model loads

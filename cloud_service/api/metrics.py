@@ -16,23 +16,12 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from shared.errors import UserError
-from shared.net import parse_host_port
+from shared.metrics_http import Exporter, start_exporter
 
 MAX_DEVICE_LABELS = 1000  # distinct device label values kept; later devices count under device="other"
 OTHER_DEVICE = "other"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def parse_metrics_listen(value: str, what: str = "--metrics-listen") -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` or `PORT` (the last two on loopback: exposing metrics is a decision)."""
-    if value.isdigit():
-        value = f"127.0.0.1:{value}"
-    elif value.startswith(":"):
-        value = f"127.0.0.1{value}"
-    host, port = parse_host_port(value, what=what)
-    return host.strip("[]"), port
 
 
 @dataclass
@@ -51,20 +40,6 @@ class DeviceLabels:
                 self._seen.add(device)
                 return device
         return OTHER_DEVICE
-
-
-@dataclass(frozen=True)
-class Exporter:
-    """A running /metrics HTTP server; `close` stops it and frees the port."""
-
-    server: Any
-    thread: threading.Thread
-    port: int
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 @dataclass(frozen=True)
@@ -122,18 +97,6 @@ class CloudMetrics:
 
     def serve(self, listen: str) -> Exporter:
         return start_exporter(self.registry, listen)
-
-
-def start_exporter(registry: CollectorRegistry, listen: str) -> Exporter:
-    """Serve `registry` on http://HOST:PORT/metrics in a daemon thread; UserError when the port is taken."""
-    from prometheus_client import start_http_server
-
-    host, port = parse_metrics_listen(listen)
-    try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise UserError(f"--metrics-listen {listen}: cannot listen ({exc.strerror or exc})") from None
-    return Exporter(server, thread, server.server_address[1])
 
 
 def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:

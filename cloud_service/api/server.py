@@ -21,7 +21,7 @@ import grpc
 from cloud_service.api import artifacts, limits
 from cloud_service.api.auth import Authenticator, AuthInterceptor, authenticated_device
 from cloud_service.api.messages import job_fields, to_asr_request, to_response
-from cloud_service.api.metrics import CloudMetrics, Exporter, MetricsInterceptor
+from cloud_service.api.metrics import CloudMetrics, MetricsInterceptor
 from cloud_service.asr.audio_codec import AudioError
 from cloud_service.asr.batching import Batcher, DeadlineExpiredError, QueueFullError
 from cloud_service.asr.model import AsrModel, AsrRequest, AsrResult
@@ -30,6 +30,7 @@ from cloud_service.jobs.store import Store
 from proto.asr.v1 import asr_pb2, asr_pb2_grpc
 from shared.errors import UserError
 from shared.fsutil import warn_if_exposed
+from shared.metrics_http import Exporter
 
 log = logging.getLogger(__name__)
 

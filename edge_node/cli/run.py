@@ -105,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     if args.beam is not None and not 1 <= args.beam <= 16:
         raise UserError(f"--beam must be between 1 and 16, not {args.beam}")
     if args.metrics_listen:  # refused before the state directory or the model is touched
-        from edge_node.daemon.metrics import parse_metrics_listen
+        from shared.metrics_http import parse_metrics_listen
 
         parse_metrics_listen(args.metrics_listen)
     cloud = _cloud_config(args) if args.cloud else None

@@ -35,7 +35,7 @@ from edge_node.daemon.config import DaemonConfig
 from edge_node.daemon.events import EventWriter
 from edge_node.daemon.hotswap import HotSwap
 from edge_node.daemon.live_params import Tunables
-from edge_node.daemon.metrics import EdgeMetrics, EdgeSnapshot, Exporter
+from edge_node.daemon.metrics import EdgeMetrics, EdgeSnapshot
 from edge_node.daemon.outbox import Outbox, OutboxError, create_key, load_key
 from edge_node.daemon.sender import EscalationSender
 from edge_node.daemon.sources import AudioChunk, ProcessedLog, read_file, read_pcm16_stream, watch_directory
@@ -44,6 +44,7 @@ from proto.asr.v1 import asr_pb2
 from shared import audio
 from shared.errors import UserError
 from shared.manifest import read_manifest
+from shared.metrics_http import Exporter
 from shared.signing import load_public_key
 
 log = logging.getLogger(__name__)

@@ -9,17 +9,14 @@ registry per daemon, made here and passed nowhere else: no import-time global me
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.errors import UserError
-from shared.net import parse_host_port
+from shared.metrics_http import Exporter, start_exporter
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +39,6 @@ OUTBOX_COUNTERS = {
     "dropped_full": "escalations dropped because the outbox was full (oldest first)",
     "rejected": "escalations the cloud refused for good and that were dropped",
 }
-
-
-def parse_metrics_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT`, or `PORT` / `:PORT` on 127.0.0.1 (exposing metrics is a decision); UserError otherwise."""
-    if value.isdigit():
-        value = f"127.0.0.1:{value}"
-    elif value.startswith(":"):
-        value = f"127.0.0.1{value}"
-    host, port = parse_host_port(value, what="--metrics-listen")
-    return host.strip("[]"), port
 
 
 @dataclass(frozen=True)
@@ -89,18 +76,6 @@ class _DaemonCollector(Collector):
 
 
 @dataclass(frozen=True)
-class Exporter:
-    server: Any
-    thread: threading.Thread
-    port: int
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-@dataclass(frozen=True)
 class EdgeMetrics:
     registry: CollectorRegistry
     rtf: Histogram
@@ -128,12 +103,6 @@ class EdgeMetrics:
 
     def serve(self, listen: str) -> Exporter:
         """http://HOST:PORT/metrics in a daemon thread (`PORT` or `:PORT`: on 127.0.0.1); UserError if taken."""
-        from prometheus_client import start_http_server
-
-        host, port = parse_metrics_listen(listen)
-        try:
-            server, thread = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise UserError(f"--metrics-listen {listen}: cannot listen ({exc.strerror or exc})") from None
+        exporter = start_exporter(self.registry, listen)
         log.info("metrics on http://%s/metrics", listen)
-        return Exporter(server, thread, server.server_address[1])
+        return exporter
