@@ -179,27 +179,52 @@ def run_capped(cmd: list[str], data: bytes, *, max_bytes: int, timeout_s: float,
     return code, bytes(out), bytes(stderr)
 
 
-def _decode_ffmpeg_opus(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+@dataclass(frozen=True)
+class _FfmpegInput:
+    """How one kind of input goes through ffmpeg, and the words its errors use."""
+
+    demux: tuple[str, ...]  # e.g. ("-f", "ogg"): the container is known, so no probing of other demuxers
+    what: str  # "decoding Opus"
+    missing: str  # the error when this server has no ffmpeg
+    corrupt: str  # prefix of the error when ffmpeg fails
+    too_long: str  # "Opus audio is longer than the limit of N s per segment"
+    empty_is_corrupt: bool  # an upload ffmpeg found no audio stream in
+
+
+_OPUS = _FfmpegInput(
+    ("-f", "ogg"), "decoding Opus", "this server cannot decode Opus (no libsndfile Opus support and no ffmpeg)",
+    "corrupt Opus audio", "Opus audio is longer than the limit of {max:g} s per segment", False,
+)
+_UPLOAD = _FfmpegInput(
+    (), "decoding audio", "this server cannot decode this format (no ffmpeg); send WAV or FLAC",
+    "cannot decode the uploaded audio", "audio is longer than the limit of {max:g} s per request", True,
+)
+
+
+def _decode_ffmpeg(data: bytes, max_seconds: float, kind: _FfmpegInput) -> tuple[np.ndarray, int]:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise AudioError("this server cannot decode Opus (no libsndfile Opus support and no ffmpeg)")
+        raise AudioError(kind.missing)
     stop_s = max_seconds + FFMPEG_TAIL_S
     cmd = [
-        ffmpeg, "-nostdin", "-v", "error",
-        "-f", "ogg", "-i", "pipe:0",  # the container is known: no probing of other demuxers
+        ffmpeg, "-nostdin", "-v", "error", *kind.demux, "-i", "pipe:0",
         "-map", "0:a:0", "-t", f"{stop_s:.3f}",  # one audio stream, and no more than just past the limit of it
         "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
     ]  # fmt: skip
     # -t bounds the output already; the byte cap (one more second) holds even if it did not.
     max_bytes = int((stop_s + 1.0) * SAMPLE_RATE) * 2
-    code, out, err = run_capped(cmd, data, max_bytes=max_bytes, timeout_s=FFMPEG_TIMEOUT_S, what="decoding Opus")
-    if code != 0:
-        reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["unknown error"]
-        raise AudioError(f"corrupt Opus audio: {reason[0]}")
+    code, out, err = run_capped(cmd, data, max_bytes=max_bytes, timeout_s=FFMPEG_TIMEOUT_S, what=kind.what)
+    if code != 0 or (kind.empty_is_corrupt and not out):
+        default = "no audio stream" if kind.empty_is_corrupt else "unknown error"
+        reason = err.decode(errors="replace").strip().splitlines()[-1:] or [default]
+        raise AudioError(f"{kind.corrupt}: {reason[0]}")
     if len(out) // 2 > max_seconds * SAMPLE_RATE:
-        raise AudioError(f"Opus audio is longer than the limit of {max_seconds:g} s per segment (decoding stopped "
-                         f"at {stop_s:g} s)")
+        raise AudioError(f"{kind.too_long.format(max=max_seconds)} (decoding stopped at {stop_s:g} s)")
     return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0, SAMPLE_RATE
+
+
+def _decode_ffmpeg_opus(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    return _decode_ffmpeg(data, max_seconds, _OPUS)
 
 
 def _decode_opus(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
@@ -252,27 +277,6 @@ def decode_audio(encoding: int, sample_rate: int, data: bytes, max_seconds: floa
 _SOUNDFILE_CONTAINERS = {"WAV", "FLAC"}
 
 
-def _decode_ffmpeg_any(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioError("this server cannot decode this format (no ffmpeg); send WAV or FLAC")
-    stop_s = max_seconds + FFMPEG_TAIL_S
-    cmd = [
-        ffmpeg, "-nostdin", "-v", "error", "-i", "pipe:0",
-        "-map", "0:a:0", "-t", f"{stop_s:.3f}",
-        "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1",
-    ]  # fmt: skip
-    max_bytes = int((stop_s + 1.0) * SAMPLE_RATE) * 2
-    code, out, err = run_capped(cmd, data, max_bytes=max_bytes, timeout_s=FFMPEG_TIMEOUT_S, what="decoding audio")
-    if code != 0 or not out:
-        reason = err.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise AudioError(f"cannot decode the uploaded audio: {reason[0]}")
-    if len(out) // 2 > max_seconds * SAMPLE_RATE:
-        raise AudioError(f"audio is longer than the limit of {max_seconds:g} s per request (decoding stopped "
-                         f"at {stop_s:g} s)")
-    return np.frombuffer(out[: len(out) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0, SAMPLE_RATE
-
-
 def decode_upload(data: bytes, max_seconds: float) -> DecodedAudio:
     """Decode an uploaded file of any common container (REST API): WAV/FLAC by libsndfile, the rest by ffmpeg,
     both bounded as in `decode_audio`. Raises AudioError saying why."""
@@ -282,7 +286,7 @@ def decode_upload(data: bytes, max_seconds: float) -> DecodedAudio:
     if found in _SOUNDFILE_CONTAINERS:
         samples, rate = _decode_soundfile(data, found or "", max_seconds)
     else:
-        samples, rate = _decode_ffmpeg_any(data, max_seconds)
+        samples, rate = _decode_ffmpeg(data, max_seconds, _UPLOAD)
     if samples.size == 0:
         raise AudioError("audio holds no samples")
     if samples.size > max_seconds * rate:
