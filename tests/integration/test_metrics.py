@@ -27,7 +27,7 @@ from cloud_service.jobs.store import result_key
 from proto.asr.v1 import asr_pb2
 from testkit.escalation import ROOT, daemon_cmd, daemon_env, read_events, speech_file, tally
 from testkit.servers import RedisServer, free_port
-from testkit.wait import wait_for
+from testkit.wait import wait_for, wait_until
 from tests.integration.cloud_fixtures import (
     ServerThread,
     bearer,
@@ -87,7 +87,14 @@ def test_cloud_counts_calls_batches_latency_and_devices(metrics_server: ServerTh
         stub.Transcribe(bad, metadata=bearer(token), timeout=30)
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    after = scrape(port)
+    # grpc.aio sends an abort's status before the handler's frame unwinds, so the client can see a refusal a
+    # moment before the interceptor counts it: wait for the three calls to be counted, then read the rest.
+    def counted() -> Samples | None:
+        s = scrape(port)
+        total = sum(v for (n, _), v in s.items() if n == "asr_grpc_requests_total")
+        return s if total >= 3 else None
+
+    after = wait_until(counted, timeout=10, what="three Transcribe calls counted")
     assert value(after, "asr_grpc_requests_total", method="Transcribe", code="OK") == 1
     assert value(after, "asr_grpc_requests_total", method="Transcribe", code="UNAUTHENTICATED") == 1
     assert value(after, "asr_grpc_requests_total", method="Transcribe", code="INVALID_ARGUMENT") == 1
