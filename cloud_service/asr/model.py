@@ -35,6 +35,7 @@ class AsrRequest:
     language: str | None  # None: detect per item
     prompt: str | None = None
     word_timestamps: bool = False  # align each word (cross-attention DTW): the REST API's words; gRPC never asks
+    hotwords: tuple[str, ...] = ()  # contextual biasing phrases (cloud_service/asr/hotwords.py), checked on admission
 
 
 @dataclass(frozen=True)
@@ -157,16 +158,18 @@ def _fold_beams(original: Any) -> Any:
     return qkv_attention
 
 
-def _batched_task(model: whisper.Whisper, options: Any) -> Any:
+def _batched_task(model: whisper.Whisper, options: Any, hotwords: tuple[str, ...] = ()) -> Any:
     """A DecodingTask that works for a batch of several clips with beam search or best-of sampling.
 
     openai-whisper 20250625 repeats the text tokens n_group times per clip but not the audio features, so a
     batch of B > 1 clips with n_group > 1 fails on a shape mismatch (B == 1 works by broadcasting).
     The subclass hands the main loop features repeated to match, and language detection the un-repeated ones.
     It fills the cross-attention key/value cache once per clip (not once per beam) and lets the beams share
-    it (`_fold_beams`).
+    it (`_fold_beams`). `hotwords` adds the hot-word logit filter after whisper's own.
     """
     from whisper.decoding import DecodingTask
+
+    from cloud_service.asr.hotwords import add_hotword_filter
 
     class BatchedDecodingTask(DecodingTask):
         def _get_audio_features(self, mel: Any) -> Any:
@@ -197,7 +200,7 @@ def _batched_task(model: whisper.Whisper, options: Any) -> Any:
                 for block in blocks:
                     del block.cross_attn.qkv_attention  # back to the class's method
 
-    return BatchedDecodingTask(model, options)
+    return add_hotword_filter(BatchedDecodingTask(model, options), hotwords)
 
 
 class AsrModel:
@@ -292,7 +295,8 @@ class AsrModel:
         return batch.half() if self.fp16 else batch
 
     def transcribe_batch(self, items: list[AsrRequest]) -> list[AsrResult]:
-        """Decode all items: one batched encoder pass, one batched decode per (language, prompt) group."""
+        """Decode all items: one batched encoder pass, one batched decode per (language, prompt, hot-words)
+        group."""
         import torch
 
         if not items:
@@ -300,18 +304,23 @@ class AsrModel:
         t0 = time.perf_counter()
         with torch.no_grad():
             features = self.model.encoder(self._mels(items))
-        groups: dict[tuple[str | None, str | None], list[int]] = defaultdict(list)
+        groups: dict[tuple[str | None, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
         for i, it in enumerate(items):
-            groups[(it.language, it.prompt or None)].append(i)
+            groups[(it.language, it.prompt or None, it.hotwords)].append(i)
         raw: dict[int, Any] = {}
-        for (language, prompt), idx in groups.items():
+        for (language, prompt, hotwords), idx in groups.items():
             for chunk in length_chunks(idx, [len(it.samples) for it in items]):
-                raw.update(self._decode_with_fallback(features, chunk, language, prompt))
+                raw.update(self._decode_with_fallback(features, chunk, language, prompt, hotwords))
         ms = (time.perf_counter() - t0) * 1000.0
         return [self._result(raw[i], items[i], len(items), ms) for i in range(len(items))]
 
     def _decode_with_fallback(
-        self, features: torch.Tensor, idx: list[int], language: str | None, prompt: str | None
+        self,
+        features: torch.Tensor,
+        idx: list[int],
+        language: str | None,
+        prompt: str | None,
+        hotwords: tuple[str, ...] = (),
     ) -> dict[int, Any]:
         from whisper.decoding import DecodingOptions
 
@@ -326,7 +335,7 @@ class AsrModel:
                 beam_size=self.beam_size if t == 0 else None,
                 best_of=BEST_OF if t > 0 else None,
             )
-            results = _batched_task(self.model, opts).run(features[pending])
+            results = _batched_task(self.model, opts, hotwords).run(features[pending])
             last = n == len(self.temperatures) - 1
             retry: list[int] = []
             for i, r in zip(pending, results, strict=True):

@@ -15,6 +15,7 @@ from cloud_service.asr.batching import DeadlineExpiredError, QueueFullError
 from cloud_service.asr.model import AsrRequest, AsrResult
 from cloud_service.http import errors, formats
 from cloud_service.http.errors import ApiError
+from shared.hotwords import prompt_hotwords
 from shared.whisper_rules import check_prompt_text
 
 if TYPE_CHECKING:
@@ -95,7 +96,10 @@ class Transcriber:
         except ValueError as exc:
             raise ApiError(400, str(exc), "invalid_field") from None
         words = fmt == "verbose_json" and "word" in granularities
-        return AsrRequest(samples=_EMPTY, language=lang, prompt=prompt or None, word_timestamps=words)
+        # A prompt that reads as a list of short phrases also biases decoding toward them (docs/hotwords.md);
+        # it still goes to Whisper as its initial prompt.
+        return AsrRequest(samples=_EMPTY, language=lang, prompt=prompt or None, word_timestamps=words,
+                          hotwords=prompt_hotwords(prompt))
 
     async def decode(self, data: bytes) -> Any:
         sv = self.servicer
