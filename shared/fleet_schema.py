@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared import signing
 from shared.errors import UserError, VerificationError
+from shared.hotwords import MAX_PHRASES, check_hotwords
 from shared.whisper_rules import check_prompt_text
 
 SCHEMA_VERSION = 1
@@ -152,6 +153,17 @@ class ConfigParams(_Strict):
     vad: VadParams | None = None
     prompt_words: tuple[str, ...] | None = Field(default=None, max_length=64)
     threads: int | None = Field(default=None, ge=1, le=64)
+    # Contextual biasing phrases (docs/hotwords.md): at most MAX_PHRASES, each 1-64 characters, no markup.
+    hotwords: tuple[str, ...] | None = Field(default=None, max_length=MAX_PHRASES)
+
+    @field_validator("hotwords")
+    @classmethod
+    def _hotwords(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return None
+        if any(not w.strip() for w in v):
+            raise ValueError("hot-word phrases must be non-empty")
+        return check_hotwords(v)
 
     @field_validator("prompt_words")
     @classmethod

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_node.core.hotwords import BiasOptions, EncodedHotwords, HotwordBias
 from edge_node.core.tokenizer import Tokenizer
+from shared.hotwords import BiasOptions, EncodedHotwords, HotwordBias
 from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class DecodingOptions:
     suppress_non_speech: bool = True  # whisper's suppress_tokens="-1"
     prompt: tuple[int, ...] = ()  # previous text or hot words, fed after <|startofprev|>
     seed: int = 0  # for sampling at temperature > 0
-    # Contextual biasing (edge_node/core/hotwords.py): boosts choices only; log-probs stay unbiased.
+    # Contextual biasing (shared/hotwords.py): boosts choices only; log-probs stay unbiased.
     hotwords: EncodedHotwords = field(default_factory=EncodedHotwords)
     bias: BiasOptions = field(default_factory=BiasOptions)
 

@@ -54,11 +54,12 @@ def apply_params(params: ConfigParams, base: Tunables) -> Tunables:
     prompt = edge.initial_prompt
     if params.prompt_words is not None:
         prompt = ", ".join(params.prompt_words) or None
+    hotwords = edge.hotwords if params.hotwords is None else params.hotwords
     threads = params.threads if params.threads is not None else edge.threads
     if params.escalation_budget_fraction is not None:
         policy = replace(policy, budget_fraction=params.escalation_budget_fraction)
     if params.escalation_budget_per_min is not None:
         policy = replace(policy, max_per_min=params.escalation_budget_per_min)
     new_edge = replace(edge, confidence=conf, vad=vad, max_window_s=max_window, beam_size=beam,
-                       initial_prompt=prompt, threads=threads)
+                       initial_prompt=prompt, threads=threads, hotwords=hotwords)
     return Tunables(new_edge, policy)

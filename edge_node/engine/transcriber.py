@@ -15,7 +15,6 @@ import numpy as np
 
 from edge_node.core import confidence as conf
 from edge_node.core.decoding import DecodingOptions, DecodingResult, decode_with_fallback, needs_fallback
-from edge_node.core.hotwords import encode_hotwords
 from edge_node.core.timing import WordTiming, token_time_matrix, word_timings
 from edge_node.core.tokenizer import Tokenizer, get_tokenizer
 from edge_node.core.windows import Window, plan_windows
@@ -23,6 +22,7 @@ from edge_node.engine.config import EdgeConfig
 from edge_node.engine.onnx_model import SessionConfig, WhisperOnnx
 from edge_node.engine.vad import SileroVad
 from shared import audio, audio_files
+from shared.hotwords import encode_hotwords
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,15 @@ class EdgeTranscriber:
     def _decoding_options(self, config: EdgeConfig) -> DecodingOptions:
         text = config.initial_prompt
         prompt = tuple(self.tokenizer.encode(" " + text.strip())) if text else ()
+        # Encoded here, so a phrase over the token bound raises when the config is applied (a pushed live
+        # parameter is NACKed, see daemon/hotswap.py), not at every transcription.
         return DecodingOptions(
-            beam_size=config.beam_size, without_timestamps=not config.timestamps, prompt=prompt
+            beam_size=config.beam_size, without_timestamps=not config.timestamps, prompt=prompt,
+            hotwords=encode_hotwords(self.tokenizer.encode, config.hotwords),
         )
 
     def _with_hotwords(self, phrases: tuple[str, ...]) -> DecodingOptions:
+        """Per-call phrases replace the configured ones for that call; none: the configured ones."""
         if not phrases:
             return self.options
         return replace(self.options, hotwords=encode_hotwords(self.tokenizer.encode, phrases))
@@ -107,7 +111,7 @@ class EdgeTranscriber:
         """Transcribe 16 kHz samples; `hotwords` (else config.hotwords) bias decoding (docs/hotwords.md).
         ValueError naming the problem for phrases over the bounds or with special-token markup."""
         t0 = time.perf_counter()
-        options = self._with_hotwords(hotwords or self.config.hotwords)
+        options = self._with_hotwords(hotwords)
         duration = samples.size / audio.SAMPLE_RATE
         speech = self.vad.speech_segments(samples, self.config.vad)
         windows = plan_windows(speech, duration, self.config.max_window_s, self.config.split_pause_s)

@@ -225,7 +225,7 @@ def add_fleet_commands(sub: Any, model_sub: Any) -> None:
     c = config.add_parser("set", help="publish a retained, signed, versioned DesiredConfig")
     c.add_argument("assignments", nargs="+", metavar="KEY=VALUE",
                    help="e.g. thresholds.confidence=0.6 beam_size=3 prompt_words=alpha,beta "
-                        "vad.threshold=null")
+                        "'hotwords=Home Assistant,Kitchen lights' vad.threshold=null")
     c.add_argument("--device", help="a per-device override instead of the fleet-wide config")
     _common(c)
     _signing(c)

@@ -76,7 +76,8 @@ class PhaseResult:
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
-    """`thresholds.confidence=0.6 prompt_words=alpha,beta vad.threshold=null` -> nested updates."""
+    """`thresholds.confidence=0.6 prompt_words=alpha,beta vad.threshold=null` -> nested updates. `prompt_words`
+    and `hotwords` take a comma-separated list (or a JSON list, for a phrase with a comma in it)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -86,7 +87,7 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        if key == "prompt_words" and isinstance(value, str):
+        if key in ("prompt_words", "hotwords") and isinstance(value, str):
             value = [w.strip() for w in value.split(",") if w.strip()]
         node = out
         *parents, leaf = key.split(".")

@@ -1,11 +1,11 @@
-"""Hot-word biasing (edge_node/core/hotwords.py): trie, bounds, refusals, and that log-probs stay unbiased."""
+"""Hot-word biasing (shared/hotwords.py): trie, bounds, refusals, and that log-probs stay unbiased."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_node.core.hotwords import (
+from shared.hotwords import (
     MAX_PHRASES,
     BiasOptions,
     EncodedHotwords,

@@ -1,18 +1,23 @@
-"""Hot-words: contextual biasing of the edge decoder toward operator-given phrases (docs/hotwords.md).
+"""Hot-words: contextual biasing of Whisper's decoding toward operator-given phrases (docs/hotwords.md).
 
-Pure logic. Phrases become token sequences (with and without a leading space, in a few capitalisations) kept
-in two prefix tries; `HotwordBias.apply(logits, tokens)` (an openai-whisper style logit filter) finds, per row,
+Pure logic, one implementation for both sides: the edge's numpy decoder uses `HotwordBias.apply` directly, the
+cloud's openai-whisper decode wraps `HotwordBias.targets` and `bounded_bonus` in a torch logit filter
+(cloud_service/asr/hotwords.py); the MQTT schema and the REST API check phrases with `check_hotwords`.
+
+Phrases become token sequences (with and without a leading space, in a few capitalisations) kept in two prefix
+tries; `HotwordBias.apply(logits, tokens)` (an openai-whisper style logit filter) finds, per row,
 the longest suffix of the sampled text that is a proper prefix of a phrase and adds a bonus to the logits of
 the phrase's next tokens, so a phrase the model has started gets completed. Phrase starts get a smaller bonus.
 
 Bounded so the rest of the text does not suffer: only tokens already within `window` nats of the row's best
 token are boosted, by at most `continue_bonus` nats; at most MAX_PHRASES phrases of MAX_PHRASE_CHARS characters
-and MAX_PHRASE_TOKENS tokens. The decoder keeps log-probs/entropies on the unbiased distribution, so the
+and MAX_PHRASE_TOKENS tokens. The edge decoder keeps log-probs/entropies on the unbiased distribution, so the
 confidence model and the escalation decision do not see the boost.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,17 +159,50 @@ class HotwordBias:
                 out[t] = o.continue_bonus
         return out
 
-    def apply(self, logits: np.ndarray, tokens: list[list[int]]) -> None:
-        """Add bonuses to `logits` [rows, n_vocab] in place; a token more than `window` below the row's best
-        (or masked to -inf by the rules) is left alone, so biasing only re-ranks plausible tokens."""
+    def targets(self, tokens: Sequence[Sequence[int]]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(row, token ids, bonuses) for every row that gets a boost; finished rows (ending in eot) get none."""
+        out = []
         for k, row in enumerate(tokens):
             if row and row[-1] == self.eot:
                 continue
             boost = self.boosts(row)
-            if not boost:
-                continue
-            ids = np.fromiter(boost, dtype=np.int64)
-            bonus = np.fromiter(boost.values(), dtype=np.float32)
+            if boost:
+                ids = np.fromiter(boost, dtype=np.int64)
+                out.append((k, ids, np.fromiter(boost.values(), dtype=np.float32)))
+        return out
+
+    def apply(self, logits: np.ndarray, tokens: list[list[int]]) -> None:
+        """Add bonuses to `logits` [rows, n_vocab] in place (numpy rows; see `bounded_bonus`)."""
+        for k, ids, bonus in self.targets(tokens):
             best = float(np.max(logits[k]))
-            near = logits[k, ids] >= best - self.options.window
-            logits[k, ids[near]] += bonus[near]
+            logits[k, ids] += bounded_bonus(logits[k, ids], best, bonus, self.options.window)
+
+
+def bounded_bonus(values: np.ndarray, best: float, bonus: np.ndarray, window: float) -> np.ndarray:
+    """The bonus to add to tokens whose logits are `values`: theirs where the token is within `window` of the
+    row's `best`, else 0. A token far below the best (or masked to -inf by the rules) is left alone, so biasing
+    only re-ranks tokens the model already finds plausible."""
+    return np.where(np.asarray(values, dtype=np.float32) >= best - window, bonus, 0.0).astype(np.float32)
+
+
+# The REST `prompt` read as hot-words (docs/hotwords.md): split on commas, semicolons and newlines; every piece
+# must be a short phrase (1-PROMPT_PHRASE_WORDS words, not ending in . ! or ?), or the prompt is prose and gives
+# no hot-words (it still goes to Whisper as its initial prompt).
+PROMPT_PHRASE_WORDS = 4
+_SPLIT = re.compile(r"[,;\n]+")
+_SENTENCE = re.compile(r"[.!?]$")  # a piece that ends a sentence
+
+
+def prompt_hotwords(prompt: str) -> tuple[str, ...]:
+    """The phrases of a prompt that reads as a list of short phrases; () for prose or more than MAX_PHRASES."""
+    pieces = [" ".join(p.split()) for p in _SPLIT.split(prompt)]
+    pieces = [p for p in pieces if p]
+    if not pieces or len(pieces) > MAX_PHRASES:
+        return ()
+    for p in pieces:
+        if len(p.split()) > PROMPT_PHRASE_WORDS or len(p) > MAX_PHRASE_CHARS or _SENTENCE.search(p):
+            return ()
+    try:
+        return check_hotwords(pieces, "prompt")
+    except ValueError:
+        return ()
