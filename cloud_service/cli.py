@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cloud_service import config as c
 from cloud_service.config import CloudConfig, TlsConfig
+from cloud_service.oauth.tokens import MAX_TOKEN_TTL_S
 from shared.cli import add_redis_options, redis_url
 from shared.errors import UserError
 from shared.fsutil import read_secret
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the OpenAI-compatible REST API here (same model; HTTPS with --tls-cert/"
                    "--tls-key; non-loopback needs TLS or --insecure)")
+    s.add_argument("--oauth-token-ttl-s", type=int, default=c.DEFAULT_OAUTH_TOKEN_TTL_S,
+                   help="lifetime of the OAuth2 access tokens POST /oauth/token issues (default %(default)s)")
     s.add_argument("--tls-cert", help="server certificate (PEM)")
     s.add_argument("--tls-key", help="server private key (PEM)")
     s.add_argument("--tls-client-ca", help="CA for client certificates: turns on mTLS")
@@ -115,10 +118,13 @@ def _checked_values(args: argparse.Namespace) -> tuple[float, float]:
         "--max-decodes": getattr(args, "max_decodes", 1),
         "--auth-cache-s": getattr(args, "auth_cache_s", 1),
         "--max-attempts": getattr(args, "max_attempts", 1),
+        "--oauth-token-ttl-s": getattr(args, "oauth_token_ttl_s", 1),
     }
     for flag, value in positive.items():
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if getattr(args, "oauth_token_ttl_s", 1) > MAX_TOKEN_TTL_S:
+        raise UserError(f"--oauth-token-ttl-s must be at most {MAX_TOKEN_TTL_S} (a day)")
     ttl = getattr(args, "auth_cache_s", c.DEFAULT_AUTH_CACHE_TTL_S)
     max_age = getattr(args, "auth_cache_max_age_s", c.DEFAULT_AUTH_CACHE_MAX_AGE_S)
     if max_age < ttl:
@@ -135,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
     if getattr(args, "mqtt_host", None):  # at start-up, before the model loads
         require_tls(args.mqtt_host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure,
                     what=f"--mqtt-host {args.mqtt_host}", tls_flag="--mqtt-tls-ca")
-    return CloudConfig(
+    config = CloudConfig(
         model=args.model,
         models_root=Path(args.models_root),
         device=args.device,
@@ -172,7 +178,14 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         insecure=args.insecure,
         metrics_listen=args.metrics_listen,
         http_listen=getattr(args, "http", None),
+        oauth_token_ttl_s=getattr(args, "oauth_token_ttl_s", c.DEFAULT_OAUTH_TOKEN_TTL_S),
     )
+    if config.http_listen:  # plaintext HTTP off loopback is refused now, not after the model loads
+        from cloud_service.http.serve import check_http_listen, split_address
+
+        split_address(config.http_listen)
+        check_http_listen(config, config.http_listen)
+    return config
 
 
 def run(args: argparse.Namespace, config: CloudConfig) -> int:

@@ -31,6 +31,7 @@ DEFAULT_AUTH_CACHE_TTL_S = 30.0  # a verified token hash is used this long witho
 # during an outage stops working this soon (UNAVAILABLE), instead of lasting the whole outage.
 DEFAULT_AUTH_CACHE_MAX_AGE_S = 60.0
 DEFAULT_MAX_JOB_ATTEMPTS = 3  # deliveries of a Submit job before it is dead-lettered
+DEFAULT_OAUTH_TOKEN_TTL_S = 900  # 15 minutes: short, so a leaked access token soon stops working on its own
 DEFAULT_LISTEN = "127.0.0.1:50051"  # loopback: serving the network is a decision (TLS, or --insecure)
 
 
@@ -81,6 +82,7 @@ class CloudConfig:
     insecure: bool = False  # allow plaintext gRPC (serve) or MQTT (worker) off loopback (labs only)
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus /metrics page; None: off
     http_listen: str | None = None  # HOST:PORT of the OpenAI-compatible REST API (cloud_service/http); None: off
+    oauth_token_ttl_s: int = DEFAULT_OAUTH_TOKEN_TTL_S  # access tokens' lifetime (cloud_service/oauth)
 
     def checkpoint_path(self) -> Path:
         p = Path(self.model)

@@ -7,17 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from cloud_service.api.limits import check_device_id
-from cloud_service.jobs.store import DeviceExists, register_device
 from fleetctl.certs import CertPlan, init_certs
 from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (docs/mqtt.md)
 from fleetctl.models.build import BuildOptions, build_edge_artifact
 from fleetctl.models.weights import fetch_checkpoint
-from shared.cli import add_redis_options, redis_url
-from shared.errors import UserError
-from shared.fsutil import SECRET_MODE, atomic_write
+from fleetctl.registry import add_registry_commands  # device tokens, OAuth2 clients (cloud Redis)
 from shared.manifest import verify_artifact
-from shared.net import redact_url
 from shared.signing import init_keypair, load_private_key, load_public_key
 
 DEFAULT_KEY_DIR = Path("keys")
@@ -66,38 +61,6 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     written = init_certs(CertPlan(Path(args.dir), names, devices, args.days), force=args.force)
     for path in written:
         print(path)
-    return 0
-
-
-def _cmd_device_add(args: argparse.Namespace) -> int:
-    import redis
-
-    try:
-        check_device_id(args.name)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    url = redis_url(args)
-    if not url:
-        raise UserError("give --redis-url-file FILE, $CLOUD_REDIS_URL or --redis URL: the device registry lives "
-                        "there")
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
-    except ValueError as exc:
-        raise UserError(f"bad Redis URL {redact_url(url)}: {exc}") from None
-    try:
-        token = register_device(client, args.name, rotate=args.rotate)
-    except DeviceExists:
-        raise UserError(f"device {args.name!r} is registered already; --rotate replaces its token") from None
-    except redis.RedisError as exc:  # the URL's password must not reach the terminal or a CI log
-        raise UserError(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    finally:
-        client.close()
-    # The only time the token is shown (or written): Redis keeps just its sha256.
-    if args.out:
-        atomic_write(Path(args.out), (token + "\n").encode(), mode=SECRET_MODE)
-        print(f"token for {args.name} written to {args.out} (mode 0600)")
-    else:
-        print(token)
     return 0
 
 
@@ -154,12 +117,5 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_fleet_commands(sub, model)
 
-    dev = sub.add_parser("device", help="device registry (cloud auth)").add_subparsers(dest="device_cmd",
-                                                                                       required=True)
-    d = dev.add_parser("add", help="register a device; prints its bearer token once, stores only the hash")
-    d.add_argument("name", help="device id")
-    add_redis_options(d, "CLOUD_REDIS_URL")
-    d.add_argument("--rotate", action="store_true", help="replace the token of a registered device")
-    d.add_argument("--out", metavar="FILE", help="write the token to FILE (mode 0600) instead of printing it")
-    d.set_defaults(func=_cmd_device_add)
+    add_registry_commands(sub)
     return p

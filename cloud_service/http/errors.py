@@ -19,6 +19,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -43,7 +44,12 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
 
 
 def _response(exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = None
+    if exc.status == 401:  # RFC 6750 §3: say which error, so OAuth clients know to fetch a new token
+        headers = {"WWW-Authenticate": 'Bearer realm="whisper-fleet"' if exc.code == "missing_token"
+                   else 'Bearer error="invalid_token"'}
+    elif exc.status == 403:
+        headers = {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
     return JSONResponse(error_body(exc.status, exc.message, exc.code, exc.param), exc.status, headers=headers)
 
 

@@ -214,6 +214,18 @@ def test_serve_defaults_to_loopback_and_refuses_plaintext_elsewhere(
         check_listen(CloudConfig(), "[::]:50051")
 
 
+def test_serve_refuses_plaintext_rest_off_loopback_before_anything_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cloud_service.__main__ import main as cloud_main
+
+    missing = tmp_path / "missing.pt"  # were the address checked after the model, this would say "not found"
+    assert cloud_main(["serve", "--http", "0.0.0.0:8080", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "--http 0.0.0.0:8080 is not a loopback address" in err and "not found" not in err
+    assert cloud_main(["serve", "--http", "nonsense", "--model", str(missing)]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
 def test_serve_warns_when_plaintext_or_auth_off_on_the_network(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     check_listen(CloudConfig(insecure=True), "0.0.0.0:50051")
