@@ -32,6 +32,9 @@ def add_wyoming_parser(sub: Any) -> None:
     p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--cloud-deadline-s", type=_positive_seconds, default=2.0,
                    help="wait this long for the cloud's text, then answer with the edge's (default 2)")
+    p.add_argument("--late-answer-s", type=_non_negative_seconds, default=30.0,
+                   help="keep a call past --cloud-deadline-s open this much longer, so a late cloud answer is "
+                   "logged with its segment id (0: cancel it at the deadline; default 30)")
     p.add_argument("--escalate-logprob-below", type=float, default=None, metavar="LOGPROB",
                    help="also escalate utterances whose mean token log-prob is below this")
     p.add_argument("--budget", type=float, default=None, metavar="FRACTION",
@@ -44,6 +47,10 @@ def add_wyoming_parser(sub: Any) -> None:
     p.add_argument("--state-dir", type=Path, default=Path("state"), help="accepted for parity with `run` "
                    "(no outbox is kept: see docs/wyoming.md)")
     p.set_defaults(func=cmd_wyoming)
+
+
+def _non_negative_seconds(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _positive_seconds(text)
 
 
 def _listen(uri: str) -> tuple[str, int]:
@@ -73,11 +80,12 @@ def config_from_args(args: argparse.Namespace) -> WyomingConfig:
             raise UserError(f"--budget is a share of audio seconds in [0, 1], not {args.budget}")
         policy = replace(policy, budget_fraction=args.budget)
     if args.cloud:
-        args.timeout = args.cloud_deadline_s
+        args.timeout = args.cloud_deadline_s + args.late_answer_s  # the RPC's own deadline
     cloud = _cloud_config(args) if args.cloud else None
     edge = EdgeConfig(model_dir=args.model_dir, threads=args.threads)
     return WyomingConfig(host=host, port=port, edge=edge, device_id=args.device_id, policy=policy, cloud=cloud,
-                         cloud_deadline_s=args.cloud_deadline_s, max_audio_s=args.max_audio_s,
+                         cloud_deadline_s=args.cloud_deadline_s, late_answer_s=args.late_answer_s,
+                         max_audio_s=args.max_audio_s,
                          idle_timeout_s=args.idle_timeout_s, max_connections=args.max_connections)
 
 

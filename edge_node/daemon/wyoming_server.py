@@ -12,13 +12,13 @@ import contextlib
 import json
 import logging
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_node.core.escalation_policy import EscalationBudget, EscalationPolicy, decide
+from edge_node.core.escalation_policy import EscalationPolicy
+from edge_node.daemon.wyoming_engine import Engine
 from edge_node.engine.config import EdgeConfig
 from shared import audio
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from wyoming.event import Event
 
     from edge_node.adapters.cloud_client import CloudClientConfig, EscalationClient
-    from edge_node.engine.transcriber import EdgeTranscriber, FileResult
+    from edge_node.engine.transcriber import EdgeTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class WyomingConfig:
     device_id: str = "wyoming"
     policy: EscalationPolicy = field(default_factory=EscalationPolicy)
     cloud: CloudClientConfig | None = None
-    cloud_deadline_s: float = 2.0
+    cloud_deadline_s: float = 2.0  # wait this long for the cloud's text, then answer with the edge's
+    late_answer_s: float = 30.0  # a call past the deadline stays open this much longer: its answer is logged
+    max_cloud_calls: int = 16  # escalations in flight (late ones included); more: the edge text, no call
     max_audio_s: float = 30.0  # more audio in one utterance: error event, connection closed
     max_payload_bytes: int = 1 << 20  # one audio chunk's payload
     idle_timeout_s: float = 30.0  # no event for this long: error event, connection closed
@@ -97,61 +99,6 @@ async def read_event(reader: asyncio.StreamReader, cfg: WyomingConfig) -> Event 
     except ValueError as exc:
         raise ClientError("bad-event", f"event data is not valid JSON ({exc})") from None
     return Event(type=head["type"], data=data, payload=payload)
-
-
-class Engine:
-    """The loaded model, the escalation client and budget, shared by all connections (one decode at a time)."""
-
-    def __init__(self, cfg: WyomingConfig, transcriber: EdgeTranscriber, client: EscalationClient | None) -> None:
-        self.cfg = cfg
-        self.transcriber = transcriber
-        self.client = client
-        self.budget = EscalationBudget(cfg.policy)
-        self.lock = asyncio.Lock()
-
-    async def transcribe(self, samples: np.ndarray, hotwords: tuple[str, ...]) -> tuple[str, str, FileResult]:
-        """(final text, its source "edge" or "cloud", the edge result)."""
-        loop = asyncio.get_running_loop()
-        async with self.lock:
-            result = await loop.run_in_executor(None, self._edge, samples, hotwords)
-        text, source = result.text, "edge"
-        if self.client is not None and result.segments:
-            cloud = await self._escalate(samples, result)
-            if cloud is not None:
-                text, source = cloud, "cloud"
-        return text, source, result
-
-    def _edge(self, samples: np.ndarray, hotwords: tuple[str, ...]) -> FileResult:
-        return self.transcriber.transcribe(samples, hotwords=hotwords)
-
-    async def _escalate(self, samples: np.ndarray, result: FileResult) -> str | None:
-        """The cloud's text for the whole utterance when any segment wants it and it comes within the deadline."""
-        from edge_node.adapters.cloud_client import CloudError, audio_message
-        from proto.asr.v1 import asr_pb2
-        from shared.wire_audio import WireEncoding
-
-        cfg = self.cfg
-        decisions = [decide(s.features(), self.transcriber.config.confidence, cfg.policy) for s in result.segments]
-        now, duration = time.monotonic(), samples.size / audio.SAMPLE_RATE
-        self.budget.observe(now, duration)
-        if not any(d.escalate for d in decisions) or not self.budget.try_spend(now, duration):
-            return None
-        worst = min(decisions, key=lambda d: d.confidence)
-        seg_id = f"{cfg.device_id}-wy{int(time.time() * 1000)}"
-        request = asr_pb2.TranscribeRequest(
-            segment_id=seg_id, device_id=cfg.device_id, audio=audio_message(samples, WireEncoding.FLAC),
-            language=worst.language, edge=asr_pb2.EdgeHypothesis(text=result.text, confidence=worst.confidence),
-        )
-        client = self.client
-        assert client is not None
-        loop = asyncio.get_running_loop()
-        try:
-            resp = await loop.run_in_executor(None, client.transcribe, request, cfg.cloud_deadline_s)
-        except CloudError as exc:
-            # Not queued in the outbox: the satellite waits for this answer now; a late one helps no one.
-            log.warning("escalation %s: %s; the edge text stands", seg_id, exc)
-            return None
-        return str(resp.text).strip()
 
 
 class Connection:
@@ -248,14 +195,17 @@ class Connection:
         pcm = b"".join(self.chunks)
         self.chunks, self.n_bytes = [], 0
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], np.int16).astype(np.float32) / 32768.0
-        text, source, result = await self.engine.transcribe(samples, self.hotwords)
-        log.info("wyoming transcript (%s, %.2f s audio): %s", source, result.duration, text)
-        await self.write(TranscriptStart(language="en").event())
-        parts = [s.text for s in result.segments] if source == "edge" else [text]
+        out = await self.engine.transcribe(samples, self.hotwords)
+        log.info("wyoming transcript (%s%s, %.2f s audio): %s", out.source,
+                 f" {out.segment_id}" if out.segment_id else "", out.result.duration, out.text)
+        await self.write(TranscriptStart(language=out.language).event())
+        parts = [s.text for s in out.result.segments] if out.source == "edge" else [out.text]
         for part in parts:
             await self.write(TranscriptChunk(text=part).event())
-        final = Transcript(text=text, language="en", context={"source": source}).event()
-        await self.write(final)
+        context: dict[str, Any] = {"source": out.source}
+        if out.segment_id:
+            context["segment_id"] = out.segment_id  # names the late-answer log line, if one comes
+        await self.write(Transcript(text=out.text, language=out.language, context=context).event())
         await self.write(TranscriptStop().event())
 
     def info(self) -> Event:
@@ -273,6 +223,13 @@ class Connection:
 
 async def serve(cfg: WyomingConfig, transcriber: EdgeTranscriber, client: EscalationClient | None) -> None:
     engine = Engine(cfg, transcriber, client)
+    try:
+        await _serve(cfg, engine)
+    finally:
+        engine.close()
+
+
+async def _serve(cfg: WyomingConfig, engine: Engine) -> None:
     active = 0
     stop = asyncio.Event()
 
