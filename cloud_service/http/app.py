@@ -14,7 +14,11 @@ from cloud_service.asr.audio_codec import AudioError, decode_upload
 from cloud_service.asr.batching import DeadlineExpiredError, QueueFullError
 from cloud_service.asr.model import AsrRequest, AsrResult
 from cloud_service.http import errors, formats
+from cloud_service.http.access import Access
 from cloud_service.http.errors import ApiError
+from cloud_service.http.fleet_routes import add_fleet_routes
+from cloud_service.http.oauth_routes import add_oauth_routes
+from cloud_service.oauth.tokens import SCOPE_TRANSCRIBE
 from shared.hotwords import prompt_hotwords
 from shared.whisper_rules import check_prompt_text
 
@@ -44,33 +48,11 @@ async def read_capped(upload: UploadFile, max_bytes: int) -> bytes:
 
 
 class Transcriber:
-    """One REST transcription: auth, field checks, bounded decode in the servicer's pool, then the Batcher."""
+    """One REST transcription: field checks, bounded decode in the servicer's pool, then the Batcher."""
 
     def __init__(self, servicer: EscalationServicer, max_upload_bytes: int) -> None:
         self.servicer = servicer
         self.max_upload_bytes = max_upload_bytes
-        from cloud_service.api.auth import Authenticator
-
-        # Device tokens (DEVICE.SECRET) work here as on gRPC, checked against the same Redis registry.
-        self.auth = Authenticator(servicer.store, time.monotonic, servicer.config.auth_cache_ttl_s,
-                                  servicer.config.auth_cache_max_age_s) if servicer.config.auth else None
-
-    async def authorize(self, authorization: str | None) -> str:
-        """The client's name (a device, for a device token); 'anonymous' with --no-auth."""
-        from cloud_service.api.auth import RegistryUnavailableError
-
-        if not self.servicer.config.auth:
-            return "anonymous"
-        if not authorization:
-            raise ApiError(401, "no bearer token: send 'Authorization: Bearer <token>'", "missing_token")
-        auth = self.auth
-        try:
-            device = await auth.device_for(authorization) if auth is not None else None
-        except RegistryUnavailableError:
-            raise ApiError(503, "the token registry (Redis) is unavailable; retry later", "unavailable") from None
-        if device is None:
-            raise ApiError(401, "invalid or revoked token", "invalid_token")
-        return device
 
     def check_fields(self, model: str, language: str, prompt: str, fmt: str, temperature: float,
                      granularities: list[str]) -> AsrRequest:
@@ -136,6 +118,9 @@ def create_app(servicer: EscalationServicer, max_upload_bytes: int = DEFAULT_MAX
     app = FastAPI(title="whisper-fleet", docs_url=None, redoc_url=None, openapi_url=None)
     errors.install(app)
     tr = Transcriber(servicer, max_upload_bytes)
+    access = Access(servicer)
+    add_oauth_routes(app, servicer, access, servicer.config.oauth_token_ttl_s)
+    add_fleet_routes(app, servicer, access)
 
     @app.middleware("http")
     async def cap_body(request: Request, call_next: Any) -> Response:
@@ -149,7 +134,7 @@ def create_app(servicer: EscalationServicer, max_upload_bytes: int = DEFAULT_MAX
 
     @app.get("/v1/models")
     async def models(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        await tr.authorize(authorization)
+        await access.authorize(authorization, SCOPE_TRANSCRIBE)
         now = int(time.time())
         return {"object": "list", "data": [
             {"id": mid, "object": "model", "created": now, "owned_by": "whisper-fleet"}
@@ -166,7 +151,7 @@ def create_app(servicer: EscalationServicer, max_upload_bytes: int = DEFAULT_MAX
         granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Response:
-        client = await tr.authorize(authorization)
+        client = (await access.authorize(authorization, SCOPE_TRANSCRIBE)).name
         gran = granularities or []
         req = tr.check_fields(model, language, prompt, response_format, temperature, gran)
         if not await servicer.store.allow(f"rest:{client}", servicer.config.rate_limit_per_min):

@@ -145,6 +145,11 @@ class Store:
             self._down_since = None
         return value
 
+    async def call(self, what: str, fn: Callable[[Any], Awaitable[T]], default: T) -> T:
+        """Run `fn(redis)` with the outage handling above; `default` when Redis is down. For the other
+        registries kept in this Redis (cloud_service.oauth.registry)."""
+        return await self._call(what, fn, default)
+
     async def get_result(self, device_id: str, segment_id: str) -> bytes | None:
         key = result_key(device_id, segment_id)
         return await self._call("get result", lambda r: r.get(key), None)
