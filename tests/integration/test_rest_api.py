@@ -134,3 +134,27 @@ def test_missing_or_bad_token_is_401(rest: Rest, speech: tuple[bytes, str]) -> N
         rest.client(token="rest-dev.wrong").audio.transcriptions.create(model="whisper-1", file=("a.wav", data))
     resp = requests.post(f"{rest.base}/audio/transcriptions", files={"file": ("a.wav", data)}, timeout=60)
     assert _error(resp, 401)["code"] == "missing_token"
+
+
+def test_prompt_list_reaches_the_decoder_as_hotwords(rest: Rest, speech: tuple[bytes, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt that is a list of short phrases biases the decode (docs/hotwords.md); prose only prompts."""
+    from cloud_service.asr import hotwords
+
+    seen: list[tuple[str, ...]] = []
+    real = hotwords.add_hotword_filter
+
+    def spy(task: Any, phrases: tuple[str, ...], options: Any = None) -> Any:
+        seen.append(phrases)
+        return real(task, phrases, options)
+
+    monkeypatch.setattr(hotwords, "add_hotword_filter", spy)
+    data, expected = speech
+    c = rest.client()
+    got = c.audio.transcriptions.create(model="whisper-1", file=("a.wav", data), prompt="Kitchen lights, dialed")
+    assert ("Kitchen lights", "dialed") in seen
+    assert words(got.text) == words(expected)  # no distractor inserted, the said words kept
+    seen.clear()
+    c.audio.transcriptions.create(model="whisper-1", file=("a.wav", data),
+                                  prompt="This is a recorded message from the phone company.")
+    assert seen and all(p == () for p in seen)

@@ -76,3 +76,73 @@ def test_decoder_logprobs_unbiased() -> None:
     raw, chosen = _scores(logits, [[0]], _R(), b)
     np.testing.assert_allclose(raw, raw_expected)
     assert int(np.argmax(chosen[0])) == 1 and int(np.argmax(raw[0])) == 0
+
+
+# -- shared rules: the REST prompt, the bounded bonus, the MQTT live parameter --------------------------------------
+
+
+def test_prompt_hotwords_rule() -> None:
+    from shared.hotwords import prompt_hotwords
+
+    assert prompt_hotwords("Home Assistant, Kitchen lights\nDigium;  PBX") == (
+        "Home Assistant", "Kitchen lights", "Digium", "PBX")
+    assert prompt_hotwords("The call was about the Asterisk PBX budget.") == ()  # prose: over 4 words
+    assert prompt_hotwords("Hello there. Goodbye.") == ()  # sentences, not phrases
+    assert prompt_hotwords("") == () and prompt_hotwords(" , ,") == ()
+    assert prompt_hotwords(",".join(f"w{i}" for i in range(MAX_PHRASES + 1))) == ()
+    assert prompt_hotwords("a <|endoftext|>") == ()  # refused text never becomes a hot-word
+
+
+def test_bounded_bonus() -> None:
+    from shared.hotwords import bounded_bonus
+
+    out = bounded_bonus(np.array([9.0, 3.9, -np.inf]), 10.0, np.array([3.0, 3.0, 3.0]), window=6.0)
+    np.testing.assert_array_equal(out, [3.0, 0.0, 0.0])
+
+
+def test_schema_hotwords_bounds() -> None:
+    from pydantic import ValidationError
+
+    from shared.errors import UserError
+    from shared.fleet_schema import ConfigParams, parse_payload
+
+    assert ConfigParams(hotwords=(" Home  Assistant ", "Home Assistant", "PBX")).hotwords == ("Home Assistant", "PBX")
+    assert ConfigParams(hotwords=()).hotwords == ()
+    for bad, why in (
+        ([f"w{i}" for i in range(MAX_PHRASES + 1)], "at most 100"),
+        (["x" * 65], "over 64 characters"),
+        (["ok", "  "], "non-empty"),
+        (["a <|endoftext|> b"], "special-token"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            ConfigParams(hotwords=tuple(bad))
+    with pytest.raises(UserError, match=r"ConfigParams: hotwords: .*special-token"):
+        parse_payload(ConfigParams, b'{"hotwords": ["<|en|>"]}')
+
+
+def test_live_param_hotwords_applied_inherited_and_cleared() -> None:
+    from edge_node.core.escalation_policy import EscalationPolicy
+    from edge_node.daemon.live_params import Tunables, apply_params
+    from edge_node.engine.config import EdgeConfig
+    from shared.fleet_schema import ConfigParams
+
+    base = Tunables(EdgeConfig(hotwords=("Digium",)), EscalationPolicy())
+    assert apply_params(ConfigParams(hotwords=("Home Assistant", "Kitchen lights")), base).edge.hotwords == (
+        "Home Assistant", "Kitchen lights")
+    assert apply_params(ConfigParams(), base).edge.hotwords == ("Digium",)  # unset: the daemon's own
+    assert apply_params(ConfigParams(hotwords=()), base).edge.hotwords == ()  # an empty list: none
+    device = ConfigParams(hotwords=("PBX",)).merged_over(ConfigParams(hotwords=("IVR",), beam_size=2))
+    assert device.hotwords == ("PBX",) and device.beam_size == 2
+
+
+def test_fleetctl_assignment_splits_hotwords() -> None:
+    from fleetctl.fleet.rollout import apply_updates, parse_assignments
+    from shared.errors import UserError
+    from shared.fleet_schema import ConfigParams
+
+    updates = parse_assignments(["hotwords=Home Assistant, Kitchen lights", "beam_size=2"])
+    assert updates == {"hotwords": ["Home Assistant", "Kitchen lights"], "beam_size": 2}
+    assert apply_updates(ConfigParams(), updates).hotwords == ("Home Assistant", "Kitchen lights")
+    assert parse_assignments(['hotwords=["Smith, John"]']) == {"hotwords": ["Smith, John"]}
+    with pytest.raises(UserError, match="invalid config hotwords"):
+        apply_updates(ConfigParams(), parse_assignments(["hotwords=" + "x" * 65]))
