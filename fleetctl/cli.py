@@ -12,6 +12,7 @@ from fleetctl.fleet.commands import add_fleet_commands  # MQTT control plane (do
 from fleetctl.models.build import BuildOptions, build_edge_artifact
 from fleetctl.models.weights import fetch_checkpoint
 from fleetctl.registry import add_registry_commands  # device tokens, OAuth2 clients (cloud Redis)
+from shared.errors import UserError
 from shared.manifest import verify_artifact
 from shared.signing import init_keypair, load_private_key, load_public_key
 
@@ -39,9 +40,20 @@ def _key_path(arg: str | None) -> Path:
     return Path(env) if env else DEFAULT_KEY_DIR / "operator.key"
 
 
+def _watermark_key_path(arg: str | None) -> Path | None:
+    env = os.environ.get("FLEET_WATERMARK_KEY_FILE")
+    return Path(arg) if arg else Path(env) if env else None
+
+
 def _cmd_model_build(args: argparse.Namespace) -> int:
+    from fleetctl.models.watermark import read_key
+
     key = load_private_key(_key_path(args.key))
-    opts = BuildOptions(quantize=not args.no_quantize, opset=args.opset)
+    wm_path = _watermark_key_path(args.watermark_key)
+    if wm_path is not None and args.no_quantize:
+        raise UserError("the watermark lives in the int8 weights: --watermark-key needs a quantized build")
+    opts = BuildOptions(quantize=not args.no_quantize, opset=args.opset,
+                        watermark_key=read_key(wm_path) if wm_path is not None else None)
     manifest = build_edge_artifact(Path(args.checkpoint), Path(args.out), key, opts)
     print(json.dumps(manifest.raw, indent=2, sort_keys=True))
     return 0
@@ -53,6 +65,32 @@ def _cmd_model_verify(args: argparse.Namespace) -> int:
     print(f"OK {args.dir}: {manifest.name} {manifest.version}, {len(manifest.files)} files, "
           f"{manifest.total_bytes / 1e6:.1f} MB, signature valid")
     return 0
+
+
+def _cmd_watermark_init_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from shared.fsutil import SECRET_MODE, atomic_write
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; --force replaces it (artifacts marked with the old key stay marked with it)")
+    atomic_write(out, (secrets.token_urlsafe(32) + "\n").encode(), mode=SECRET_MODE)
+    print(f"wrote watermark key {out} (mode 0600; keep it secret, and keep it: it proves your artifacts)")
+    return 0
+
+
+def _cmd_watermark_verify(args: argparse.Namespace) -> int:
+    from fleetctl.models.watermark import THRESHOLD, detect, read_key
+
+    path = _watermark_key_path(args.key)
+    if path is None:
+        raise UserError("give --key FILE or $FLEET_WATERMARK_KEY_FILE")
+    found = detect(Path(args.dir), read_key(path))
+    verdict = "watermark PRESENT" if found.present else "no watermark for this key"
+    print(f"{verdict} in {args.dir}: {found.matched}/{found.bits} bits match ({found.share:.1%}; chance 50%, "
+          f"threshold {THRESHOLD:.0%}; {found.sigmas:.1f} sigma above chance)")
+    return 0 if found.present else 1
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
@@ -108,7 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--key", help="operator private key (default $FLEET_OPERATOR_KEY_FILE or keys/operator.key)")
     b.add_argument("--no-quantize", action="store_true", help="keep fp32 weights (for comparisons)")
     b.add_argument("--opset", type=int, default=17)
+    b.add_argument("--watermark-key", metavar="FILE", help="embed the fleet's keyed watermark in the int8 weights "
+                   "(default $FLEET_WATERMARK_KEY_FILE; none: no watermark)")
     b.set_defaults(func=_cmd_model_build)
+
+    wm = model.add_parser("watermark", help="the keyed watermark in artifacts' int8 weights").add_subparsers(
+        dest="watermark_cmd", required=True)
+    wk = wm.add_parser("init-key", help="make a watermark key file (0600)")
+    wk.add_argument("--out", default=str(DEFAULT_KEY_DIR / "watermark.key"))
+    wk.add_argument("--force", action="store_true")
+    wk.set_defaults(func=_cmd_watermark_init_key)
+    wv = wm.add_parser("verify", help="does this artifact carry our watermark? (exit 0 yes, 1 no)")
+    wv.add_argument("dir", help="an artifact directory (encoder.onnx, decoder.onnx), e.g. one found on a device")
+    wv.add_argument("--key", help="watermark key file (default $FLEET_WATERMARK_KEY_FILE)")
+    wv.set_defaults(func=_cmd_watermark_verify)
 
     v = model.add_parser("verify", help="check every file's sha256 and the manifest signature")
     v.add_argument("dir")

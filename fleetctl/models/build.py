@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class BuildOptions:
     opset: int = 17
     vad: bool = True
     version: str | None = None  # default: a UTC timestamp
+    watermark_key: bytes | None = field(default=None, repr=False)  # set: embed the fleet's watermark (watermark.py)
 
 
 def _prepare_out(out: Path) -> None:
@@ -101,6 +102,8 @@ def build_edge_artifact(
             bar.set_postfix_str(steps[2])
             quant = _quantize(fp32, tmp, opts.quantize)
             shutil.rmtree(fp32)
+            if opts.watermark_key is not None:
+                quant["watermark"] = _watermark(tmp, opts.watermark_key)
             bar.update()
             bar.set_postfix_str(steps[3])
             _copy_assets(assets, tmp, dims, opts.vad)
@@ -140,6 +143,13 @@ def _quantize(fp32: Path, tmp: Path, quantize: bool) -> dict[str, Any]:
         "tied_embedding": f"token lookup gathers the int8 projection weight ({saved / 1e6:.0f} MB saved)",
         "fp16_storage": ["encoder conv kernels", "decoder positional embedding"],
     }
+
+
+def _watermark(tmp: Path, key: bytes) -> dict[str, Any]:
+    from fleetctl.models.watermark import SCHEME, embed, key_id
+
+    bits = embed(tmp, key)
+    return {"scheme": SCHEME, "key_id": key_id(key), "bits": bits}
 
 
 def _copy_assets(assets: Path, tmp: Path, dims: dict[str, int], vad: bool) -> None:

@@ -85,7 +85,7 @@ def share_tied_embedding(path: Path) -> int:
         graph.node.insert(idx + offset, node)
     graph.initializer.remove(table)
     onnx.checker.check_model(model)
-    _save(model, path)
+    save_model(model, path)
     return vocab * width * 4
 
 
@@ -109,7 +109,7 @@ def store_fp16(path: Path, names: list[str]) -> int:
         graph.node.insert(0, helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
         saved += arr.size * 2
     onnx.checker.check_model(model)
-    _save(model, path)
+    save_model(model, path)
     return saved
 
 
@@ -127,7 +127,8 @@ def initializer_names(path: Path, consumer_op: str | None = None, pattern: str |
     return sorted(found)
 
 
-def _save(model: object, path: Path) -> None:
+def save_model(model: object, path: Path) -> None:
+    """Write the ONNX model to `path` atomically (a temporary sibling, then a rename), mode 0644."""
     import onnx
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx")
