@@ -10,8 +10,8 @@ with their published transcripts as references.
   reference (not its first word; single letters are spelled letters, not names), e.g. "Digium", "Super Awesome
   Company", "Comedian Mail". Every prompt whose reference holds one joins the set.
 - Misrecognised rare words: words of >= 4 letters of the controls' references that occur in at most 3 prompts of
-  the whole corpus and that the unbiased edge decode of that prompt lacks (the words an operator would add after
-  seeing the device get them wrong: their unbiased recall is 0 by construction).
+  the whole corpus and that the unbiased edge decode of that prompt lacks, names left out (the words an operator
+  would add after seeing the device get them wrong: their unbiased edge recall is 0 by construction).
 - Distractors: phrases of the same kinds that occur in no reference of the corpus (checked); a hypothesis holding
   one is a false insertion.
 Every utterance is decoded with one list (all names, rare words and distractors), as an operator pushes one list
@@ -134,6 +134,11 @@ def check_distractors(norm: Callable[[str], list[str]]) -> None:
             raise SystemExit(f"distractor {d!r} occurs in a reference: pick another")
 
 
+def recall(utts: list[Utterance], hyps: list[str], norm: Callable[[str], list[str]], only: set[str]) -> float:
+    hits = [bool(find(norm(h), norm(t))) for u, h in zip(utts, hyps, strict=True) for t in u.phrases if t in only]
+    return sum(hits) / len(hits) if hits else 0.0
+
+
 def score(utts: list[Utterance], hyps: list[str], norm: Callable[[str], list[str]]) -> dict[str, float]:
     """Recall of target phrases, distractor insertions, other-word and hot-word WER (see the module doc)."""
     import jiwer
@@ -199,11 +204,12 @@ def run_cloud(utts: list[Utterance], checkpoint: Path, threads: int, hotwords: t
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| system | biasing | phrases | phrase recall | distractor insertions | other-word WER | hot-word WER |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| system | biasing | phrases | phrase recall | names | rare words | distractor insertions | "
+             "other-word WER | hot-word WER |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         system, _, mode = name.rpartition(" ")
-        lines.append(f"| {system} | {mode} | {r['phrases']:.0f} | {r['recall']:.1%} | "
+        lines.append(f"| {system} | {mode} | {r['phrases']:.0f} | {r['recall']:.1%} | {r['names']:.1%} | "
+                     f"{r['rare']:.1%} | "
                      f"{r['distractor_insertions']:.0f} | {r['other_wer']:.2%} | {r['hotword_wer']:.2%} |")
     return "\n".join(lines)
 
@@ -223,16 +229,21 @@ def main() -> None:
     utts, names = build_set(args.n)
     cfg = replace(EdgeConfig(model_dir=args.model_dir, threads=args.threads), word_timestamps=False)
     plain = run_edge(utts, cfg, (), "edge unbiased")
-    rare = rare_misses(utts, plain, norm, args.n)
+    lower = {x.lower() for x in names}
+    rare = [w for w in rare_misses(utts, plain, norm, args.n) if w not in lower]  # not a name again
     hotwords = check_hotwords([*names, *rare, *DISTRACTORS])
     mark_targets(utts, [*names, *rare], norm)
     biased = run_edge(utts, cfg, hotwords, "edge biased")
-    rows = {"edge tiny.en int8 off": score(utts, plain, norm), "edge tiny.en int8 on": score(utts, biased, norm)}
+    def scored(us: list[Utterance], hyps: list[str]) -> dict[str, float]:
+        return {**score(us, hyps, norm), "names": recall(us, hyps, norm, set(names)),
+                "rare": recall(us, hyps, norm, set(rare) - set(names))}
+
+    rows = {"edge tiny.en int8 off": scored(utts, plain), "edge tiny.en int8 on": scored(utts, biased)}
     if args.cloud:
         sub = [u for u in utts if u.phrases and len(u.samples) <= 30 * 16_000]  # one window each
         name = f"cloud {args.cloud.stem} beam 5 (phrase clips <= 30 s)"
-        rows[f"{name} off"] = score(sub, run_cloud(sub, args.cloud, args.threads, (), "cloud unbiased"), norm)
-        rows[f"{name} on"] = score(sub, run_cloud(sub, args.cloud, args.threads, hotwords, "cloud biased"), norm)
+        rows[f"{name} off"] = scored(sub, run_cloud(sub, args.cloud, args.threads, (), "cloud unbiased"))
+        rows[f"{name} on"] = scored(sub, run_cloud(sub, args.cloud, args.threads, hotwords, "cloud biased"))
     n_phr = sum(bool(u.phrases) for u in utts)
     print(f"\n{len(utts)} utterances ({n_phr} with a target phrase), {len(names)} names, {len(rare)} rare "
           f"misrecognised words, {len(DISTRACTORS)} distractors; {len(hotwords)} hot-words in one list")
