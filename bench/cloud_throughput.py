@@ -66,7 +66,8 @@ class Service:
     """`cloud-service serve` in a subprocess on a free loopback port."""
 
     def __init__(
-        self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int
+        self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int,
+        quantize: str = "none",
     ) -> None:
         self.port = free_port()
         cmd = cloud_serve_cmd(
@@ -82,6 +83,8 @@ class Service:
             "0",
             "--threads",
             str(threads),
+            "--quantize",
+            quantize,
         )
         cmd += ["--redis", redis_url] if redis_url else ["--no-auth"]
         self.log = (token_dir / f"serve-{max_batch}.log").open("wb")
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batched", type=int, default=16, help="max_batch of the batched configuration")
     p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
     p.add_argument("--no-redis", action="store_true", help="run without Redis (and without auth)")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="the batched server's --quantize (the one-at-a-time baseline stays fp32)")
     args = p.parse_args(argv)
 
     # Every run sends the same clips (0..total-1), split over its clients, so runs compare like for like;
@@ -193,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         services: dict[int, Service] = {}
         try:
             for max_batch in (args.batched, 1):
-                services[max_batch] = Service(args.model, max_batch, redis_url, Path(tmp), args.threads)
+                quantize = args.quantize if max_batch != 1 else "none"
+                services[max_batch] = Service(args.model, max_batch, redis_url, Path(tmp), args.threads, quantize)
             for max_batch, svc in services.items():
                 svc.wait()
                 asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_at_16": rate(args.batched) / rate(1),
         "overhead_p95_ms_max": max(r.overhead_p95_ms for r in runs),
         "quick": args.quick,
+        "batched_quantize": args.quantize,
         "cpu_count": os.cpu_count(),
         "redis": redis_url is not None,
         "threads": args.threads,

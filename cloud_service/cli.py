@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from cloud_service import config as c
+from cloud_service.asr.quantize import QUANTIZE_CHOICES
 from cloud_service.config import CloudConfig, TlsConfig
 from cloud_service.oauth.tokens import MAX_TOKEN_TTL_S
 from shared.cli import add_redis_options, redis_url
@@ -22,6 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA+fp16 if present, else CPU fp32), cpu, cuda:0")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                   help="int8: dynamic int8 quantization of the Linear layers, CPU only (default: none, fp32/fp16)")
     add_redis_options(p, "CLOUD_REDIS_URL")
     p.add_argument("--result-ttl-s", type=int, default=c.DEFAULT_RESULT_TTL_S)
     p.add_argument("--max-audio-s", type=float, default=c.DEFAULT_MAX_AUDIO_S)
@@ -146,6 +149,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         models_root=Path(args.models_root),
         device=args.device,
         threads=args.threads,
+        quantize=args.quantize,
         beam_size=args.beam_size,
         max_batch=getattr(args, "max_batch", c.DEFAULT_MAX_BATCH),
         max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shared.errors import UserError
 from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, DETECT, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
 
 if TYPE_CHECKING:
@@ -231,14 +232,22 @@ class AsrModel:
         device: str = "auto",
         beam_size: int = 5,
         temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        quantize: str = "none",
     ) -> AsrModel:
         import hashlib
 
         from cloud_service.asr.checkpoint import checkpoint_name, load_whisper
 
         dev, fp16 = pick_device(device)
+        if quantize == "int8" and dev != "cpu":
+            raise UserError(f"--quantize int8 runs on the CPU only (PyTorch has no CUDA int8 kernels); {dev} "
+                            "serves fp16: drop --quantize or give --device cpu")
         t0 = time.perf_counter()
         model = load_whisper(checkpoint, device=dev).eval()
+        if quantize == "int8":
+            from cloud_service.asr.quantize import quantize_int8
+
+            model = quantize_int8(model)
         name = checkpoint_name(checkpoint)
         with checkpoint.open("rb") as f:  # the version names the exact weights: the start of their sha256
             version = hashlib.file_digest(f, "sha256").hexdigest()[:12]
@@ -247,10 +256,11 @@ class AsrModel:
             name,
             version,
             dev,
-            " fp16" if fp16 else "",
+            " fp16" if fp16 else " int8 dynamic" if quantize == "int8" else "",
             time.perf_counter() - t0,
         )
-        return cls(model, name, dev, fp16, beam_size, temperatures, version=f"{name}-{version}")
+        suffix = "-int8" if quantize == "int8" else ""  # the version names the numerics served, too
+        return cls(model, name, dev, fp16, beam_size, temperatures, version=f"{name}-{version}{suffix}")
 
     @classmethod
     def from_config(cls, config: CloudConfig) -> AsrModel:
@@ -259,7 +269,8 @@ class AsrModel:
 
             # On a shared or small machine one or two threads avoid OpenMP barrier thrash.
             torch.set_num_threads(config.threads)
-        return cls.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures)
+        return cls.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures,
+                        config.quantize)
 
     @property
     def multilingual(self) -> bool:
