@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -50,7 +51,13 @@ def add_wyoming_parser(sub: Any) -> None:
 
 
 def _non_negative_seconds(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else _positive_seconds(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
+    return value
 
 
 def _listen(uri: str) -> tuple[str, int]:
