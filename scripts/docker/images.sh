@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the stack's images locally: whisper-fleet/{cloud,edge,mosquitto,redis}:${TAG:-dev}.
+# Build the stack's images locally: whisper-fleet/{cloud,edge,mosquitto,redis,prometheus}:${TAG:-dev}.
 #
 # No registry is reachable, so: the Debian + Python base from debootstrap (lib.sh), and the Python packages as a
 # wheelhouse made here with this machine's pip configuration (~/.cache/whisper-fleet/docker/wheels/{cloud,edge}/deps), which the
@@ -67,3 +67,4 @@ build cloud cloud.Dockerfile "$CACHE/wheels/cloud"
 build edge edge.Dockerfile "$CACHE/wheels/edge"
 build mosquitto broker.Dockerfile "$ROOT/deploy/empty-context"
 build redis redis.Dockerfile "$ROOT/deploy/empty-context"
+build prometheus prometheus/Dockerfile "$ROOT/deploy/empty-context"

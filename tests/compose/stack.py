@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGES = ("edge-1", "edge-2")
-INFRA = ("mosquitto", "redis", "cloud", "worker")
+INFRA = ("mosquitto", "redis", "cloud", "worker", "prometheus")
+# Prometheus scrapes these jobs (deploy/prometheus/prometheus.yml): one target each, two for the edges.
+SCRAPE_TARGETS = {"cloud": 1, "worker": 1, "edge": len(EDGES)}
 
 
 @dataclass
@@ -93,6 +97,16 @@ class Stack:
     def status(self) -> dict[str, dict[str, Any]]:
         rows = json.loads(self.fleetctl("status", "--json", *self.broker_args()))
         return {r["device"]: (r["state"] or {}) for r in rows}
+
+    def prometheus(self, path: str, **params: str) -> Any:
+        """GET the published Prometheus API (127.0.0.1 only); its `data`, after checking `status` is success."""
+        url = f"http://127.0.0.1:{self.env['FLEET_PROMETHEUS_PORT']}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert body.get("status") == "success", body
+        return body["data"]
 
     def broker_args(self) -> tuple[str, ...]:
         return ("--tls-ca", str(self.secrets / "operator" / "ca.pem"))

@@ -23,7 +23,7 @@ import pytest
 
 from shared.manifest import MANIFEST_NAME, SIGNATURE_NAME, read_manifest, write_manifest
 from shared.signing import load_private_key
-from tests.compose.stack import EDGES, INFRA, ROOT, Stack, env_for, wait
+from tests.compose.stack import EDGES, INFRA, ROOT, SCRAPE_TARGETS, Stack, env_for, wait
 
 pytestmark = pytest.mark.compose
 SOUNDS = Path("/usr/share/asterisk/sounds")
@@ -64,7 +64,8 @@ def stack() -> Iterator[Stack]:
     for clip in ENGLISH + FIRST_FOREIGN + FOREIGN:
         assert clip.is_file(), f"{clip} missing: make setup installs the Asterisk prompts"
     work = ROOT / ".cache" / "compose"
-    ports = {"FLEET_GRPC_PORT": _free_port(), "FLEET_MQTT_PORT": _free_port(), "FLEET_REDIS_PORT": _free_port()}
+    ports = {"FLEET_GRPC_PORT": _free_port(), "FLEET_MQTT_PORT": _free_port(), "FLEET_REDIS_PORT": _free_port(),
+             "FLEET_PROMETHEUS_PORT": _free_port()}
     st = Stack(project="whisper-fleet-test", work=work, env=env_for(work, ports))
     st.compose("down", "-v", "--remove-orphans", check=False)
     _prepare(work)
@@ -115,6 +116,35 @@ def test_escalation_answered(stack: Stack) -> None:
         english = [e["text"] for e in events if e["type"] == "segment" and e["final"]]
         assert any("congratulations" in t.lower() for t in english), english
     stack.timeline.mark(f"escalations answered: {len(escalated)} per edge, revision language es")
+
+
+def _targets_up(stack: Stack) -> dict[str, list[str]]:
+    jobs: dict[str, list[str]] = {}
+    for t in stack.prometheus("/api/v1/targets", state="active")["activeTargets"]:
+        jobs.setdefault(t["labels"]["job"], []).append(t["health"])
+    return jobs
+
+
+def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = stack.prometheus("/api/v1/query", query=expr)["result"]
+    return result
+
+
+def test_prometheus_scrapes_every_process(stack: Stack) -> None:
+    # Runs after test_escalation_answered: the cloud has answered Transcribe calls, each edge has escalated.
+    wait(lambda: {j: h.count("up") for j, h in _targets_up(stack).items()} == SCRAPE_TARGETS, 120,
+         lambda: f"targets not all up: {_targets_up(stack)}")
+    ok = 'sum(asr_grpc_requests_total{job="cloud",method="Transcribe",code="OK"})'
+    wait(lambda: any(float(r["value"][1]) > 0 for r in _query(stack, ok)), 60,
+         lambda: f"{ok}: {_query(stack, ok)}")
+    esc = 'edge_escalated_total{job="edge"}'
+    wait(lambda: len([r for r in _query(stack, esc) if float(r["value"][1]) > 0]) == len(EDGES), 60,
+         lambda: f"{esc}: {_query(stack, esc)}")
+    devices = {r["metric"]["device"] for r in _query(stack, 'asr_escalations_total{job="cloud"}')}
+    assert set(EDGES) <= devices, devices
+    served = float(_query(stack, ok)[0]["value"][1])
+    stack.timeline.mark(f"prometheus: every target up {SCRAPE_TARGETS}; cloud Transcribe OK = {served:.0f}; "
+                        f"escalations by device {sorted(devices)}")
 
 
 def test_config_acked_by_every_edge(stack: Stack) -> None:
