@@ -68,6 +68,7 @@ class Service:
     def __init__(
         self, model: str, max_batch: int, redis_url: str | None, token_dir: Path, threads: int,
         quantize: str = "none",
+        pack: bool = False,
     ) -> None:
         self.port = free_port()
         cmd = cloud_serve_cmd(
@@ -85,6 +86,7 @@ class Service:
             str(threads),
             "--quantize",
             quantize,
+            *(["--pack"] if pack else []),
         )
         cmd += ["--redis", redis_url] if redis_url else ["--no-auth"]
         self.log = (token_dir / f"serve-{max_batch}.log").open("wb")
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-redis", action="store_true", help="run without Redis (and without auth)")
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="the batched server's --quantize (the one-at-a-time baseline stays fp32)")
+    p.add_argument("--pack", action="store_true", help="the batched server packs short clips (--pack)")
     args = p.parse_args(argv)
 
     # Every run sends the same clips (0..total-1), split over its clients, so runs compare like for like;
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         services: dict[int, Service] = {}
         try:
             for max_batch in (args.batched, 1):
-                quantize = args.quantize if max_batch != 1 else "none"
-                services[max_batch] = Service(args.model, max_batch, redis_url, Path(tmp), args.threads, quantize)
+                tuned = max_batch != 1  # the one-at-a-time baseline stays plain fp32
+                services[max_batch] = Service(args.model, max_batch, redis_url, Path(tmp), args.threads,
+                                              args.quantize if tuned else "none", args.pack and tuned)
             for max_batch, svc in services.items():
                 svc.wait()
                 asyncio.run(_drive(svc.port, token, clips, 2, 1, f"warm{max_batch}"))  # first-call costs
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_p95_ms_max": max(r.overhead_p95_ms for r in runs),
         "quick": args.quick,
         "batched_quantize": args.quantize,
+        "batched_pack": args.pack,
         "cpu_count": os.cpu_count(),
         "redis": redis_url is not None,
         "threads": args.threads,

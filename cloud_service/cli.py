@@ -23,6 +23,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA+fp16 if present, else CPU fp32), cpu, cuda:0")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: one per core)")
+    p.add_argument("--pack", action="store_true",
+                   help="pack short clips (<= 10 s, language given) into shared 30 s windows: one encoder pass for "
+                   "several; an unclear split is decoded again clip by clip")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                    help="int8: dynamic int8 quantization of the Linear layers, CPU only (default: none, fp32/fp16)")
     add_redis_options(p, "CLOUD_REDIS_URL")
@@ -150,6 +153,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         device=args.device,
         threads=args.threads,
         quantize=args.quantize,
+        pack=args.pack,
         beam_size=args.beam_size,
         max_batch=getattr(args, "max_batch", c.DEFAULT_MAX_BATCH),
         max_wait_ms=getattr(args, "max_wait_ms", c.DEFAULT_MAX_WAIT_MS),

@@ -48,6 +48,7 @@ class CloudConfig:
     models_root: Path = Path("models")  # where checkpoints and edge artifacts (FetchModel) live
     device: str = "auto"  # auto: CUDA with fp16 when present, else CPU fp32
     threads: int = 0  # torch intra-op threads; 0: torch's default (one per core)
+    pack: bool = False  # lay short clips of one group into shared 30 s windows (cloud_service/asr/packing.py)
     quantize: str = "none"  # "int8": dynamic int8 Linear layers on the CPU (cloud_service/asr/quantize.py)
     beam_size: int = 5
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)

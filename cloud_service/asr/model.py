@@ -8,14 +8,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cloud_service.asr.batch_decoding import batched_task, length_chunks, needs_fallback, split_segments
+from cloud_service.asr.packing import SAMPLE_RATE, Span, TimedText, pack, plan_windows, split
+# The request/result types live in types.py (no torch); they are re-exported here, where callers look first.
+from cloud_service.asr.types import AsrRequest, AsrResult, AsrSegment, AsrWord
 from shared.errors import UserError
-from shared.whisper_rules import COMPRESSION_RATIO_THRESHOLD, DETECT, LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD
+from shared.whisper_rules import DETECT
 
 if TYPE_CHECKING:
     import torch
@@ -25,50 +29,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AsrModel", "AsrRequest", "AsrResult", "AsrSegment", "AsrWord", "PackStats", "pick_device"]
+
 BEST_OF = 5  # samples per item when decoding at a temperature above zero
-SECONDS_PER_TIMESTAMP = 0.02
-LENGTH_RATIO = 2.0  # items decoded together differ in duration by at most this factor
 
 
 @dataclass(frozen=True)
-class AsrRequest:
-    samples: np.ndarray  # float32 mono 16 kHz, at most 30 s
-    language: str | None  # None: detect per item
-    prompt: str | None = None
-    word_timestamps: bool = False  # align each word (cross-attention DTW): the REST API's words; gRPC never asks
-    hotwords: tuple[str, ...] = ()  # contextual biasing phrases (cloud_service/asr/hotwords.py), checked on admission
+class Window:
+    """What one row of the encoder sees: one clip, or several packed (`spans` says where each lies)."""
+
+    idx: list[int]  # the batch items in it
+    audio: np.ndarray
+    spans: tuple[Span, ...]
 
 
-@dataclass(frozen=True)
-class AsrWord:
-    word: str
-    start: float
-    end: float
-    probability: float
+@dataclass
+class PackStats:
+    """Running totals of --pack: windows that held several clips, the clips in them, clips decoded again alone."""
 
+    windows: int = 0
+    clips: int = 0
+    redone: int = 0
 
-@dataclass(frozen=True)
-class AsrSegment:
-    start: float
-    end: float
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-
-
-@dataclass(frozen=True)
-class AsrResult:
-    text: str
-    language: str
-    segments: tuple[AsrSegment, ...]
-    avg_logprob: float
-    no_speech_prob: float
-    temperature: float
-    compression_ratio: float
-    batch_size: int = 1
-    inference_ms: float = 0.0
-    language_probs: dict[str, float] = field(default_factory=dict, compare=False)
-    words: tuple[AsrWord, ...] = ()  # only when the request asked for word_timestamps
+    def count(self, windows: list[Window], redone: int) -> None:
+        packed = [w for w in windows if len(w.idx) > 1]
+        self.windows += len(packed)
+        self.clips += sum(len(w.idx) for w in packed)
+        self.redone += redone
 
 
 def pick_device(requested: str) -> tuple[str, bool]:
@@ -78,130 +65,6 @@ def pick_device(requested: str) -> tuple[str, bool]:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return requested, requested.startswith("cuda")
-
-
-def length_chunks(idx: list[int], lengths: list[int], ratio: float = LENGTH_RATIO) -> list[list[int]]:
-    """Split items into runs of similar duration (shortest first). A batch decodes until its longest item
-    ends, so a 25 s prompt among 2 s ones would keep every row stepping for ~90 tokens."""
-    chunks: list[list[int]] = []
-    for i in sorted(idx, key=lambda i: lengths[i]):
-        if chunks and lengths[i] <= ratio * max(lengths[chunks[-1][0]], 1):
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
-
-
-def needs_fallback(avg_logprob: float, compression_ratio: float, no_speech_prob: float) -> bool:
-    """Whisper's own fallback rule (as in whisper.transcribe, shared/whisper_rules.py's thresholds): a result that is
-    too repetitive or too unlikely is decoded again at the next temperature, unless the window is judged silent."""
-    if no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD:
-        return False  # silence: a low log-probability is expected, retrying would only hallucinate
-    return compression_ratio > COMPRESSION_RATIO_THRESHOLD or avg_logprob < LOGPROB_THRESHOLD
-
-
-def split_segments(
-    tokens: list[int],
-    timestamp_begin: int,
-    decode: Any,
-    duration: float,
-    avg_logprob: float,
-    no_speech_prob: float,
-) -> tuple[AsrSegment, ...]:
-    """Cut a timestamped token sequence (<|t0|> text <|t1|><|t1|> text <|t2|>) into segments."""
-    segments: list[AsrSegment] = []
-    start: float | None = None
-    text_tokens: list[int] = []
-
-    def close(end: float) -> None:
-        text = decode(text_tokens).strip()
-        if text:
-            segments.append(
-                AsrSegment(start or 0.0, max(end, start or 0.0), text, avg_logprob, no_speech_prob)
-            )
-
-    for tok in tokens:
-        if tok >= timestamp_begin:
-            t = (tok - timestamp_begin) * SECONDS_PER_TIMESTAMP
-            if start is not None and text_tokens:
-                close(t)
-                start, text_tokens = None, []
-            else:
-                start = t
-        else:
-            text_tokens.append(tok)
-    if text_tokens:
-        close(duration)
-    return tuple(segments)
-
-
-def _fold_beams(original: Any) -> Any:
-    """Wrap a cross-attention `qkv_attention` so the n_group beams of a clip share one copy of its keys and
-    values: the beams' queries are folded into the query-length axis (cross-attention has no mask), instead
-    of repeating 1500 frames of keys/values per beam, which on CPU made large batches memory-bound."""
-
-    def qkv_attention(q: Any, k: Any, v: Any, mask: Any = None) -> Any:
-        n_rows, n_clips = q.shape[0], k.shape[0]
-        if n_rows == n_clips:
-            return original(q, k, v, mask)
-        group, n_ctx = n_rows // n_clips, q.shape[1]
-        out, qk = original(q.reshape(n_clips, group * n_ctx, q.shape[2]), k, v, None)
-        out = out.reshape(n_rows, n_ctx, -1)
-        if qk is not None:  # the non-SDPA path also returns the weights
-            heads, frames = qk.shape[1], qk.shape[-1]
-            qk = (
-                qk.view(n_clips, heads, group, n_ctx, frames)
-                .transpose(1, 2)
-                .reshape(n_rows, heads, n_ctx, frames)
-            )
-        return out, qk
-
-    return qkv_attention
-
-
-def _batched_task(model: whisper.Whisper, options: Any, hotwords: tuple[str, ...] = ()) -> Any:
-    """A DecodingTask that works for a batch of several clips with beam search or best-of sampling.
-
-    openai-whisper 20250625 repeats the text tokens n_group times per clip but not the audio features, so a
-    batch of B > 1 clips with n_group > 1 fails on a shape mismatch (B == 1 works by broadcasting).
-    The subclass hands the main loop features repeated to match, and language detection the un-repeated ones.
-    It fills the cross-attention key/value cache once per clip (not once per beam) and lets the beams share
-    it (`_fold_beams`). `hotwords` adds the hot-word logit filter after whisper's own.
-    """
-    from whisper.decoding import DecodingTask
-
-    from cloud_service.asr.hotwords import add_hotword_filter
-
-    class BatchedDecodingTask(DecodingTask):
-        def _get_audio_features(self, mel: Any) -> Any:
-            return super()._get_audio_features(mel).repeat_interleave(self.n_group, dim=0)
-
-        def _detect_language(self, audio_features: Any, tokens: Any) -> Any:
-            return super()._detect_language(audio_features[:: self.n_group], tokens)
-
-        def _main_loop(self, audio_features: Any, tokens: Any) -> Any:
-            inference = self.inference
-            inference.kv_cache, inference.hooks = self.model.install_kv_cache_hooks()
-            clips = audio_features[:: self.n_group]
-            # The decoder reads its position offset from the cache's first entry: put empty self-attention
-            # entries first (the hooks append to them), then the precomputed cross-attention ones.
-            empty = audio_features.new_zeros((tokens.shape[0], 0, audio_features.shape[-1]))
-            blocks = list(self.model.decoder.blocks)
-            for block in blocks:
-                inference.kv_cache[block.attn.key] = empty
-                inference.kv_cache[block.attn.value] = empty
-            for block in blocks:
-                attn = block.cross_attn
-                inference.kv_cache[attn.key] = attn.key(clips)
-                inference.kv_cache[attn.value] = attn.value(clips)
-                attn.qkv_attention = _fold_beams(type(attn).qkv_attention.__get__(attn))
-            try:
-                return super()._main_loop(audio_features, tokens)
-            finally:
-                for block in blocks:
-                    del block.cross_attn.qkv_attention  # back to the class's method
-
-    return add_hotword_filter(BatchedDecodingTask(model, options), hotwords)
 
 
 class AsrModel:
@@ -216,8 +79,11 @@ class AsrModel:
         beam_size: int = 5,
         temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
         version: str = "",
+        pack: bool = False,
     ) -> None:
         self.model = model
+        self.pack = pack  # lay short clips of one decoding group into shared windows (cloud_service/asr/packing.py)
+        self.pack_stats = PackStats()
         self.name = name
         self.version = version or name
         self.device = device
@@ -233,6 +99,7 @@ class AsrModel:
         beam_size: int = 5,
         temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
         quantize: str = "none",
+        pack: bool = False,
     ) -> AsrModel:
         import hashlib
 
@@ -260,7 +127,7 @@ class AsrModel:
             time.perf_counter() - t0,
         )
         suffix = "-int8" if quantize == "int8" else ""  # the version names the numerics served, too
-        return cls(model, name, dev, fp16, beam_size, temperatures, version=f"{name}-{version}{suffix}")
+        return cls(model, name, dev, fp16, beam_size, temperatures, version=f"{name}-{version}{suffix}", pack=pack)
 
     @classmethod
     def from_config(cls, config: CloudConfig) -> AsrModel:
@@ -270,7 +137,7 @@ class AsrModel:
             # On a shared or small machine one or two threads avoid OpenMP barrier thrash.
             torch.set_num_threads(config.threads)
         return cls.load(config.checkpoint_path(), config.device, config.beam_size, config.temperatures,
-                        config.quantize)
+                        config.quantize, config.pack)
 
     @property
     def multilingual(self) -> bool:
@@ -296,34 +163,78 @@ class AsrModel:
             raise ValueError(f"model {self.name} does not know language {hint!r}")
         return code
 
-    def _mels(self, items: list[AsrRequest]) -> torch.Tensor:
+    def _mels(self, audio: list[np.ndarray]) -> torch.Tensor:
         import torch
         from whisper.audio import log_mel_spectrogram, pad_or_trim
 
         n_mels = self.model.dims.n_mels
-        mels = [log_mel_spectrogram(pad_or_trim(torch.from_numpy(it.samples)), n_mels) for it in items]
+        mels = [log_mel_spectrogram(pad_or_trim(torch.from_numpy(x)), n_mels) for x in audio]
         batch = torch.stack(mels).to(self.device)
         return batch.half() if self.fp16 else batch
 
     def transcribe_batch(self, items: list[AsrRequest]) -> list[AsrResult]:
-        """Decode all items: one batched encoder pass, one batched decode per (language, prompt, hot-words)
-        group."""
-        import torch
-
+        """Decode all items: one batched encoder pass over their windows (a clip each, or several short clips
+        packed with --pack), one batched decode per (language, prompt, hot-words) group."""
         if not items:
             return []
         t0 = time.perf_counter()
-        with torch.no_grad():
-            features = self.model.encoder(self._mels(items))
-        groups: dict[tuple[str | None, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
-        for i, it in enumerate(items):
-            groups[(it.language, it.prompt or None, it.hotwords)].append(i)
-        raw: dict[int, Any] = {}
-        for (language, prompt, hotwords), idx in groups.items():
-            for chunk in length_chunks(idx, [len(it.samples) for it in items]):
-                raw.update(self._decode_with_fallback(features, chunk, language, prompt, hotwords))
+        windows = self._windows(items)
+        raw = self._decode_windows(items, windows)
+        single: dict[int, Any] = {}
+        packed: dict[int, tuple[Any, list[AsrSegment]]] = {}
+        redo: list[int] = []
+        for k, w in enumerate(windows):
+            if len(w.idx) == 1:
+                single[w.idx[0]] = raw[k]
+                continue
+            parts = self._split_window(raw[k], w)
+            if parts is None:
+                redo += w.idx
+            else:
+                packed.update({i: (raw[k], segs) for i, segs in zip(w.idx, parts, strict=True)})
+        self.pack_stats.count(windows, len(redo))
+        if redo:  # the packed split was not clear-cut: these clips again, one per window
+            again = [Window([i], items[i].samples, ()) for i in redo]
+            single.update({w.idx[0]: r for w, r in zip(again, self._decode_windows(items, again).values(),
+                                                       strict=True)})
         ms = (time.perf_counter() - t0) * 1000.0
-        return [self._result(raw[i], items[i], len(items), ms) for i in range(len(items))]
+        n = len(items)
+        return [self._result(single[i], items[i], n, ms) if i in single
+                else self._packed_result(*packed[i], n, ms) for i in range(n)]
+
+    def _windows(self, items: list[AsrRequest]) -> list[Window]:
+        if not self.pack:
+            return [Window([i], it.samples, ()) for i, it in enumerate(items)]
+        by_key: dict[tuple[str | None, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
+        for i, it in enumerate(items):
+            by_key[(it.language, it.prompt or None, it.hotwords)].append(i)
+        out: list[Window] = []
+        for idx in by_key.values():
+            # Detected languages differ per clip and word alignment needs the clip alone: those are not packed.
+            ok = [items[i].language is not None and not items[i].word_timestamps for i in idx]
+            for plan in plan_windows([len(items[i].samples) / SAMPLE_RATE for i in idx], ok):
+                members = [idx[j] for j in plan]
+                if len(members) == 1:
+                    out.append(Window(members, items[members[0]].samples, ()))
+                else:
+                    audio, spans = pack([items[i].samples for i in members])
+                    out.append(Window(members, audio, spans))
+        return out
+
+    def _decode_windows(self, items: list[AsrRequest], windows: list[Window]) -> dict[int, Any]:
+        import torch
+
+        with torch.no_grad():
+            features = self.model.encoder(self._mels([w.audio for w in windows]))
+        groups: dict[tuple[str | None, str | None, tuple[str, ...]], list[int]] = defaultdict(list)
+        for k, w in enumerate(windows):
+            it = items[w.idx[0]]  # a window's clips share their decoding group
+            groups[(it.language, it.prompt or None, it.hotwords)].append(k)
+        raw: dict[int, Any] = {}
+        for (language, prompt, hotwords), ks in groups.items():
+            for chunk in length_chunks(ks, [len(w.audio) for w in windows]):
+                raw.update(self._decode_with_fallback(features, chunk, language, prompt, hotwords))
+        return dict(sorted(raw.items()))
 
     def _decode_with_fallback(
         self,
@@ -346,7 +257,7 @@ class AsrModel:
                 beam_size=self.beam_size if t == 0 else None,
                 best_of=BEST_OF if t > 0 else None,
             )
-            results = _batched_task(self.model, opts, hotwords).run(features[pending])
+            results = batched_task(self.model, opts, hotwords).run(features[pending])
             last = n == len(self.temperatures) - 1
             retry: list[int] = []
             for i, r in zip(pending, results, strict=True):
@@ -361,12 +272,8 @@ class AsrModel:
         return done
 
     def _result(self, r: Any, item: AsrRequest, batch_size: int, ms: float) -> AsrResult:
-        from whisper.tokenizer import get_tokenizer
-
-        tok = get_tokenizer(
-            self.multilingual, num_languages=self.model.num_languages, language=r.language, task="transcribe"
-        )
-        duration = len(item.samples) / 16_000
+        tok = self._tokenizer(r.language)
+        duration = len(item.samples) / SAMPLE_RATE
         segs = split_segments(
             list(r.tokens),
             tok.timestamp_begin,
@@ -387,6 +294,33 @@ class AsrModel:
             inference_ms=ms,
             words=self._words(list(r.tokens), item, tok) if item.word_timestamps else (),
         )
+
+    def _split_window(self, r: Any, w: Window) -> list[list[AsrSegment]] | None:
+        tok = self._tokenizer(r.language)
+        segs = split_segments(list(r.tokens), tok.timestamp_begin, tok.decode, len(w.audio) / SAMPLE_RATE,
+                              float(r.avg_logprob), float(r.no_speech_prob))
+        parts = split([TimedText(s.start, s.end, s.text) for s in segs], w.spans)
+        if parts is None:
+            return None
+        return [[AsrSegment(t.start, t.end, t.text, float(r.avg_logprob), float(r.no_speech_prob)) for t in p]
+                for p in parts]
+
+    def _packed_result(self, r: Any, segs: list[AsrSegment], batch_size: int, ms: float) -> AsrResult:
+        """A packed clip's result: its own text and segments; log-probability, no-speech probability and
+        temperature are the shared window's (documented approximation), the compression ratio its own text's."""
+        from whisper.utils import compression_ratio
+
+        text = " ".join(s.text for s in segs).strip()
+        return AsrResult(text=text, language=r.language, segments=tuple(segs), avg_logprob=float(r.avg_logprob),
+                         no_speech_prob=float(r.no_speech_prob), temperature=float(r.temperature),
+                         compression_ratio=float(compression_ratio(text)) if text else 0.0,
+                         batch_size=batch_size, inference_ms=ms)
+
+    def _tokenizer(self, language: str) -> Any:
+        from whisper.tokenizer import get_tokenizer
+
+        return get_tokenizer(self.multilingual, num_languages=self.model.num_languages, language=language,
+                             task="transcribe")
 
     def _words(self, tokens: list[int], item: AsrRequest, tok: Any) -> tuple[AsrWord, ...]:
         """Word timings by openai-whisper's DTW over the alignment heads' cross-attention (one extra decoder

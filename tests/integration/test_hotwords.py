@@ -47,12 +47,12 @@ def test_cloud_task_has_no_filter_without_hotwords(base_asr: AsrModel) -> None:
     from whisper.decoding import DecodingOptions
 
     from cloud_service.asr.hotwords import TorchHotwordBias
-    from cloud_service.asr.model import _batched_task
+    from cloud_service.asr.batch_decoding import batched_task
 
     opts = DecodingOptions(language="en", fp16=False, beam_size=5)
-    assert not any(isinstance(f, TorchHotwordBias) for f in _batched_task(base_asr.model, opts).logit_filters)
+    assert not any(isinstance(f, TorchHotwordBias) for f in batched_task(base_asr.model, opts).logit_filters)
     # a phrase over the token bound is left out, not raised: it would fail the whole batch
-    task = _batched_task(base_asr.model, opts, ("x " * 30, "pound key"))
+    task = batched_task(base_asr.model, opts, ("x " * 30, "pound key"))
     [bias] = [f for f in task.logit_filters if isinstance(f, TorchHotwordBias)]
     assert bias.bias.spaced.depth <= 16 and bias.bias.spaced.starts()
 

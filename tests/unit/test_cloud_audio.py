@@ -68,7 +68,7 @@ def test_over_long_audio_is_refused_not_cut() -> None:
 
 
 def test_length_chunks_keep_similar_durations_together() -> None:
-    from cloud_service.asr.model import length_chunks
+    from cloud_service.asr.batch_decoding import length_chunks
 
     seconds = [5.5, 1.5, 25.4, 3.3, 1.8, 19.2, 2.6]
     chunks = length_chunks(list(range(len(seconds))), [int(s * SAMPLE_RATE) for s in seconds])

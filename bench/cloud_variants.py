@@ -1,12 +1,13 @@
-"""The cloud model fp32 against `--quantize int8` (cloud_service/asr/quantize.py), in one process, same audio, same
-batches: decode time and WER per condition, and how many transcripts are identical.
+"""The cloud model's CPU variants side by side, in one process, same audio, same batches: fp32 (the baseline),
+`--quantize int8` (cloud_service/asr/quantize.py), `--pack` (cloud_service/asr/packing.py) and both. Model time,
+speed-up over fp32, WER per condition, and transcripts identical to fp32's.
 
-    python -m bench.cloud_quantize [--model models/base.pt] [--n 48] [--batch 8] [--threads 0]
+    python -m bench.cloud_variants [--model models/base.pt] [--n 48] [--batch 8] [--threads 0]
 
 Conditions: English Asterisk prompts clean and in pink noise at 10 dB SNR (seeded), the device's language (en)
 given, beam 5 with the temperature fallback, as `cloud-service serve` decodes. Goal (issue 15): <= 0.3 points of
-WER change per condition. Speed here is model time only; `bench.cloud_throughput --quantize int8` measures the
-whole server.
+WER change per condition, >= 3x throughput with packing and batching. Speed here is model time only;
+`bench.cloud_throughput --quantize int8 --pack` measures the whole server under concurrent clients.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def wer(refs: list[str], hyps: list[str]) -> float:
     return errors / max(1, sum(len(words(r, "en")) for r in refs))
 
 
+VARIANTS = {"fp32": ("none", False), "int8": ("int8", False), "pack": ("none", True), "pack+int8": ("int8", True)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=Path("models/base.pt"))
@@ -56,26 +60,33 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)} (fp32 always runs)")
     args = ap.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = {q: AsrModel.load(args.model, "cpu", quantize=q) for q in ("none", "int8")}
-    audio_s = {}
-    print(f"{args.model.name}, CPU, {torch.get_num_threads()} threads, batches of {args.batch}\n")
-    print("| condition | clips | audio s | fp32 s | int8 s | speed-up | WER fp32 | WER int8 | change (points) "
-          "| identical |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = ["fp32", *[v for v in args.variants.split(",") if v != "fp32"]]
+    models = {v: AsrModel.load(args.model, "cpu", quantize=VARIANTS[v][0], pack=VARIANTS[v][1]) for v in names}
+    print(f"{args.model.name}, CPU, {torch.get_num_threads()} threads, batches of {args.batch}, beam 5\n")
+    print("| condition | variant | clips | audio s | model s | speed-up | WER | change (points) | identical |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for cond, (audio, refs) in conditions(args.n, args.seed).items():
-        audio_s[cond] = sum(len(x) for x in audio) / 16000
-        decode(models["int8"], audio[:2], 2, "warm-up")  # first-call costs (allocations, kernel choice)
-        decode(models["none"], audio[:2], 2, "warm-up")
-        (a, ta), (b, tb) = (decode(models[q], audio, args.batch, f"{cond}: {q}") for q in ("none", "int8"))
-        wa, wb = wer(refs, a), wer(refs, b)
-        same = sum(x == y for x, y in zip(a, b, strict=True))
-        print(f"| {cond} | {len(refs)} | {audio_s[cond]:.0f} | {ta:.1f} | {tb:.1f} | {ta / tb:.2f}x | {wa:.2%} | "
-              f"{wb:.2%} | {100 * (wb - wa):+.2f} | {same}/{len(refs)} |", flush=True)
+        seconds = sum(len(x) for x in audio) / 16000
+        base: tuple[list[str], float] | None = None
+        for v in names:
+            decode(models[v], audio[:2], 2, "warm-up")  # first-call costs (allocations, kernel choice)
+            texts, t = decode(models[v], audio, args.batch, f"{cond}: {v}")
+            base = base or (texts, t)
+            same = sum(x == y for x, y in zip(base[0], texts, strict=True))
+            w, w0 = wer(refs, texts), wer(refs, base[0])
+            print(f"| {cond} | {v} | {len(refs)} | {seconds:.0f} | {t:.1f} | {base[1] / t:.2f}x | {w:.2%} | "
+                  f"{100 * (w - w0):+.2f} | {same}/{len(refs)} |", flush=True)
+        for v in names:
+            st = models[v].pack_stats
+            if st.windows:
+                print(f"<!-- {cond} {v}: {st.clips} clips in {st.windows} packed windows so far, {st.redone} "
+                      "decoded again alone -->")
 
 
 if __name__ == "__main__":
