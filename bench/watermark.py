@@ -11,7 +11,7 @@ Conditions: English Asterisk prompts clean, and the same in pink noise at 10 dB 
 from __future__ import annotations
 
 import argparse
-import secrets
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,7 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    key, other = secrets.token_bytes(32), secrets.token_bytes(32)
+    # Keys from the seed: the same marked weights on every run (a real fleet key is random: init-key).
+    key, other = (hashlib.sha256(f"bench-{k}-{args.seed}".encode()).digest() for k in ("ours", "other"))
     with tempfile.TemporaryDirectory(prefix="watermark-bench-") as tmp:
         marked = Path(tmp) / "marked"
         shutil.copytree(args.model_dir, marked)

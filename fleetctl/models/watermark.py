@@ -4,13 +4,13 @@
 Scheme (keyed-parity-v1): HMAC-SHA256(key, tensor name) seeds a generator per int8 MatMul weight tensor, which
 picks `BITS_PER_TENSOR` positions and a bit for each; the weight at each position gets that bit as its parity,
 moving by one int8 step toward zero when it must change (never out of range). That is one quantization step on
-about 0.03 % of tiny.en's int8 weights: far below the int8 rounding error already there.
+about 0.01 % of tiny.en's int8 weights: far below the int8 rounding error already there.
 
 Detection needs only the ONNX files and the key: the share of positions whose parity matches. Without the mark
 (another key, or none) each position matches by chance with p = 1/2, so over N bits the share is 0.5 +- 0.5/sqrt(N);
-the mark gives 1.0. `verify` calls it present above `THRESHOLD` (0.75: more than 40 standard deviations above
-chance for tiny.en's N, so a false claim is practically impossible, and a copy whose weights were perturbed a little
-still shows it). A re-quantized copy loses it: the watermark proves a copied artifact, not a retrained model.
+the mark gives 1.0. `verify` calls it present above `THRESHOLD` (0.75: more than 20 standard deviations above
+chance for tiny.en's N = 2080, so a false claim is practically impossible, and a copy whose weights were
+perturbed a little still shows it). A re-quantized copy loses it: the watermark proves a copied artifact, not a retrained model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import onnx
 
 SCHEME = "keyed-parity-v1"
-BITS_PER_TENSOR = 128
+BITS_PER_TENSOR = 32
 MIN_TENSOR = 16 * 1024  # smaller int8 tensors are left alone
 THRESHOLD = 0.75
 MIN_KEY_BYTES = 16

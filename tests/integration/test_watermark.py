@@ -47,7 +47,7 @@ def test_marked_copy_is_recognised_only_with_our_key(edge_artifact: Path, keys: 
     marked = tmp_path / "copied-artifact"
     shutil.copytree(edge_artifact, marked)
     bits = embed(marked, read_key(ours))
-    assert bits >= 40 * BITS_PER_TENSOR  # every int8 MatMul weight of encoder and decoder carries bits
+    assert bits >= 60 * BITS_PER_TENSOR  # every int8 MatMul weight of encoder and decoder carries bits
     yes = fleetctl("verify", str(marked), "--key", str(ours))
     assert yes.returncode == 0 and "watermark PRESENT" in yes.stdout and f"{bits}/{bits} bits" in yes.stdout
     no = fleetctl("verify", str(marked), "--key", str(theirs))
