@@ -10,7 +10,8 @@ Detection needs only the ONNX files and the key: the share of positions whose pa
 (another key, or none) each position matches by chance with p = 1/2, so over N bits the share is 0.5 +- 0.5/sqrt(N);
 the mark gives 1.0. `verify` calls it present above `THRESHOLD` (0.75: more than 20 standard deviations above
 chance for tiny.en's N = 2080, so a false claim is practically impossible, and a copy whose weights were
-perturbed a little still shows it). A re-quantized copy loses it: the watermark proves a copied artifact, not a retrained model.
+perturbed a little still shows it). A re-quantized copy loses it: the watermark proves a copied artifact, not a
+retrained model.
 """
 
 from __future__ import annotations
