@@ -11,7 +11,8 @@ with their published transcripts as references.
   Company", "Comedian Mail". Every prompt whose reference holds one joins the set.
 - Misrecognised rare words: words of >= 4 letters of the controls' references that occur in at most 3 prompts of
   the whole corpus and that the unbiased edge decode of that prompt lacks, names left out (the words an operator
-  would add after seeing the device get them wrong: their unbiased edge recall is 0 by construction).
+  would add after seeing the device get them wrong; they count wherever they occur, so their unbiased recall is
+  low, not 0).
 - Distractors: phrases of the same kinds that occur in no reference of the corpus (checked); a hypothesis holding
   one is a false insertion.
 Every utterance is decoded with one list (all names, rare words and distractors), as an operator pushes one list
