@@ -46,8 +46,8 @@ def test_cloud_filter_biases_only_with_hotwords(base_asr: AsrModel) -> None:
 def test_cloud_task_has_no_filter_without_hotwords(base_asr: AsrModel) -> None:
     from whisper.decoding import DecodingOptions
 
-    from cloud_service.asr.hotwords import TorchHotwordBias
     from cloud_service.asr.batch_decoding import batched_task
+    from cloud_service.asr.hotwords import TorchHotwordBias
 
     opts = DecodingOptions(language="en", fp16=False, beam_size=5)
     assert not any(isinstance(f, TorchHotwordBias) for f in batched_task(base_asr.model, opts).logit_filters)
