@@ -16,6 +16,7 @@ import numpy as np
 
 from cloud_service.asr.batch_decoding import batched_task, length_chunks, needs_fallback, split_segments
 from cloud_service.asr.packing import SAMPLE_RATE, Span, TimedText, pack, plan_windows, split
+
 # The request/result types live in types.py (no torch); they are re-exported here, where callers look first.
 from cloud_service.asr.types import AsrRequest, AsrResult, AsrSegment, AsrWord
 from shared.errors import UserError
