@@ -20,18 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cloud_service.asr.model import AsrModel, AsrRequest
-from evaluation import asterisk, degrade
-from evaluation.scoring import word_errors, words
-from shared import audio_files
-
-
-def conditions(n: int, seed: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
-    prompts = asterisk.prompts("en", min_words=2)[:n]
-    clean = [audio_files.load_audio(p.wav) for p in prompts]
-    rng = np.random.default_rng(seed)
-    noisy = [degrade.limit_peak(degrade.mix_at_snr(x, degrade.pink_noise(len(x), rng), 10.0)) for x in clean]
-    texts = [p.text for p in prompts]
-    return {"clean": (clean, texts), "pink noise 10 dB": (noisy, texts)}
+from evaluation.quick_sets import english_conditions, text_wer
 
 
 def decode(model: AsrModel, audio: list[np.ndarray], batch: int, desc: str) -> tuple[list[str], float]:
@@ -43,11 +32,6 @@ def decode(model: AsrModel, audio: list[np.ndarray], batch: int, desc: str) -> t
         texts += [r.text for r in model.transcribe_batch(items)]
         seconds += time.perf_counter() - t0
     return texts, seconds
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    errors = sum(word_errors(words(r, "en"), words(h, "en")) for r, h in zip(refs, hyps, strict=True))
-    return errors / max(1, sum(len(words(r, "en")) for r in refs))
 
 
 VARIANTS = {"fp32": ("none", False), "int8": ("int8", False), "pack": ("none", True), "pack+int8": ("int8", True)}
@@ -71,7 +55,7 @@ def main() -> None:
     print(f"{args.model.name}, CPU, {torch.get_num_threads()} threads, batches of {args.batch}, beam 5\n")
     print("| condition | variant | clips | audio s | model s | speed-up | WER | change (points) | identical |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for cond, (audio, refs) in conditions(args.n, args.seed).items():
+    for cond, (audio, refs) in english_conditions(args.n, args.seed).items():
         seconds = sum(len(x) for x in audio) / 16000
         base: tuple[list[str], float] | None = None
         for v in names:
@@ -79,7 +63,7 @@ def main() -> None:
             texts, t = decode(models[v], audio, args.batch, f"{cond}: {v}")
             base = base or (texts, t)
             same = sum(x == y for x, y in zip(base[0], texts, strict=True))
-            w, w0 = wer(refs, texts), wer(refs, base[0])
+            w, w0 = text_wer(refs, texts), text_wer(refs, base[0])
             print(f"| {cond} | {v} | {len(refs)} | {seconds:.0f} | {t:.1f} | {base[1] / t:.2f}x | {w:.2%} | "
                   f"{100 * (w - w0):+.2f} | {same}/{len(refs)} |", flush=True)
         for v in names:

@@ -21,29 +21,13 @@ from tqdm import tqdm
 
 from edge_node.engine.config import EdgeConfig
 from edge_node.engine.transcriber import EdgeTranscriber
-from evaluation import asterisk, degrade
-from evaluation.scoring import word_errors, words
+from evaluation.quick_sets import english_conditions, text_wer
 from fleetctl.models.watermark import detect, embed
-from shared import audio_files
-
-
-def conditions(n: int, seed: int) -> dict[str, tuple[list[np.ndarray], list[str]]]:
-    prompts = asterisk.prompts("en", min_words=2)[:n]
-    clean = [audio_files.load_audio(p.wav) for p in prompts]
-    rng = np.random.default_rng(seed)
-    noisy = [degrade.limit_peak(degrade.mix_at_snr(x, degrade.pink_noise(len(x), rng), 10.0)) for x in clean]
-    texts = [p.text for p in prompts]
-    return {"clean": (clean, texts), "pink noise 10 dB": (noisy, texts)}
 
 
 def run(model_dir: Path, threads: int, audio: list[np.ndarray], desc: str) -> list[str]:
     engine = EdgeTranscriber(EdgeConfig(model_dir=model_dir, threads=threads, word_timestamps=False))
     return [engine.transcribe(x).text for x in tqdm(audio, desc=desc, unit="clip", leave=False)]
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    errors = sum(word_errors(words(r, "en"), words(h, "en")) for r, h in zip(refs, hyps, strict=True))
-    return errors / max(1, sum(len(words(r, "en")) for r in refs))
 
 
 def main() -> None:
@@ -67,13 +51,18 @@ def main() -> None:
                   f"{'present' if d.present else 'absent'}")
         print("\n| condition | clips | WER original | WER watermarked | change (points) | identical texts |")
         print("|---|---:|---:|---:|---:|---:|")
-        for cond, (audio, refs) in conditions(args.n, args.seed).items():
+        diffs: list[tuple[str, str, str, str]] = []
+        for cond, (audio, refs) in english_conditions(args.n, args.seed).items():
             a = run(args.model_dir, args.threads, audio, f"{cond}: original")
             b = run(marked, args.threads, audio, f"{cond}: watermarked")
-            wa, wb = wer(refs, a), wer(refs, b)
+            wa, wb = text_wer(refs, a), text_wer(refs, b)
             same = sum(x == y for x, y in zip(a, b, strict=True))
             print(f"| {cond} | {len(refs)} | {wa:.2%} | {wb:.2%} | {100 * (wb - wa):+.2f} | {same}/{len(refs)} |",
                   flush=True)
+            diffs.extend((cond, r, x, y) for r, x, y in zip(refs, a, b, strict=True) if x != y)
+        print("\ntranscripts that differ (reference | original | watermarked):")
+        for cond, r, x, y in diffs:
+            print(f"  [{cond}] {r!r} | {x!r} | {y!r}")
 
 
 if __name__ == "__main__":
