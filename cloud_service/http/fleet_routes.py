@@ -38,11 +38,10 @@ def add_fleet_routes(app: FastAPI, servicer: EscalationServicer, access: Access)
     store = servicer.store
 
     async def ask(what: str, fn: Any) -> Any:
-        missing = object()
-        value = await store.call(what, fn, missing)
-        if value is missing:
-            raise ApiError(503, "the device registry (Redis) is unavailable; retry later", "unavailable")
-        return value
+        try:
+            return await store.ask(what, fn)
+        except LookupError:
+            raise ApiError(503, "the device registry (Redis) is unavailable; retry later", "unavailable") from None
 
     @app.get("/v1/fleet/devices")
     async def list_devices(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:

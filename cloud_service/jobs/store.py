@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cloud_service.api.limits import check_device_id
 from shared.errors import UserError
@@ -145,10 +145,14 @@ class Store:
             self._down_since = None
         return value
 
-    async def call(self, what: str, fn: Callable[[Any], Awaitable[T]], default: T) -> T:
-        """Run `fn(redis)` with the outage handling above; `default` when Redis is down. For the other
-        registries kept in this Redis (cloud_service.oauth.registry)."""
-        return await self._call(what, fn, default)
+    async def ask(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """`fn(redis)` with the outage handling above, for answers there is no safe default for (registries):
+        LookupError when Redis cannot answer, so the caller refuses rather than guesses."""
+        missing = object()
+        value: T | object = await self._call(what, fn, missing)
+        if value is missing:
+            raise LookupError(f"Redis is unavailable ({what})")
+        return cast(T, value)  # not `missing`: fn's own answer
 
     async def get_result(self, device_id: str, segment_id: str) -> bytes | None:
         key = result_key(device_id, segment_id)
@@ -162,12 +166,7 @@ class Store:
 
     async def token_hash(self, device_id: str) -> str | None:
         """The stored sha256 of the device's token; raises LookupError when Redis cannot say."""
-        sentinel = object()
-        value: Any = await self._call(
-            "device lookup", lambda r: r.hget(device_key(device_id), "token_sha256"), sentinel
-        )
-        if value is sentinel:
-            raise LookupError("device registry unavailable")
+        value: Any = await self.ask("device lookup", lambda r: r.hget(device_key(device_id), "token_sha256"))
         return value.decode() if isinstance(value, bytes) else value
 
     async def allow(self, device_id: str, per_minute: int) -> bool:

@@ -129,11 +129,10 @@ class OAuthRegistry:
         self._key: bytes | None = None
 
     async def _ask(self, what: str, fn: Any) -> Any:
-        missing = object()
-        value = await self.store.call(what, fn, missing)
-        if value is missing:
-            raise RegistryUnavailable("the OAuth registry (Redis) is unavailable; retry later")
-        return value
+        try:
+            return await self.store.ask(what, fn)
+        except LookupError:
+            raise RegistryUnavailable("the OAuth registry (Redis) is unavailable; retry later") from None
 
     async def signing_key(self) -> bytes:
         """The shared HS256 key, made once (SET NX) by whichever replica needs it first; cached after."""
