@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
     if getattr(args, "mqtt_host", None):  # at start-up, before the model loads
         require_tls(args.mqtt_host, tls=args.mqtt_tls_ca is not None, insecure=args.insecure,
                     what=f"--mqtt-host {args.mqtt_host}", tls_flag="--mqtt-tls-ca")
-    config = CloudConfig(
+    return CloudConfig(
         model=args.model,
         models_root=Path(args.models_root),
         device=args.device,
@@ -188,12 +188,6 @@ def config_from_args(args: argparse.Namespace) -> CloudConfig:
         http_listen=getattr(args, "http", None),
         oauth_token_ttl_s=getattr(args, "oauth_token_ttl_s", c.DEFAULT_OAUTH_TOKEN_TTL_S),
     )
-    if config.http_listen:  # plaintext HTTP off loopback is refused now, not after the model loads
-        from cloud_service.http.serve import check_http_listen, split_address
-
-        split_address(config.http_listen)
-        check_http_listen(config, config.http_listen)
-    return config
 
 
 def run(args: argparse.Namespace, config: CloudConfig) -> int:

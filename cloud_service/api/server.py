@@ -254,6 +254,10 @@ def create_server(
     from grpc_reflection.v1alpha import reflection
 
     check_listen(config, address)  # before the model loads: a refused address fails at once
+    if config.http_listen:  # the REST address too (cloud_service/http/serve.py warns when it binds)
+        from cloud_service.http.serve import check_http_listen
+
+        check_http_listen(config, config.http_listen, warn=False)
     if config.auth and not config.redis_url:
         raise UserError("device auth needs the registry in Redis: give --redis-url-file FILE, $CLOUD_REDIS_URL or "
                         "--redis URL (or --no-auth for a lab)")

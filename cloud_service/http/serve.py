@@ -19,14 +19,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def check_http_listen(config: CloudConfig, address: str) -> None:
-    """Plaintext HTTP off loopback carries bearer tokens in the clear: refused unless --insecure."""
+def check_http_listen(config: CloudConfig, address: str, warn: bool = True) -> None:
+    """Plaintext HTTP off loopback carries bearer tokens in the clear: refused unless --insecure (then warned
+    about, once: `create_server` checks before the model loads with warn=False, `start_http` when it binds)."""
+    split_address(address)
     if is_loopback(target_host(address)) or config.tls is not None:
         return
     if not config.insecure:
         raise UserError(f"--http {address} is not a loopback address: give --tls-cert and --tls-key (HTTPS), "
                         "or --insecure to serve plaintext HTTP (labs only)")
-    log.warning("--insecure: serving plaintext HTTP on %s; tokens and audio cross the network unencrypted", address)
+    if warn:
+        log.warning("--insecure: serving plaintext HTTP on %s; tokens and audio cross the network unencrypted",
+                    address)
 
 
 def split_address(address: str) -> tuple[str, int]:

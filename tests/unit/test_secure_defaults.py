@@ -218,11 +218,12 @@ def test_serve_refuses_plaintext_rest_off_loopback_before_anything_loads(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cloud_service.__main__ import main as cloud_main
 
-    missing = tmp_path / "missing.pt"  # were the address checked after the model, this would say "not found"
-    assert cloud_main(["serve", "--http", "0.0.0.0:8080", "--model", str(missing)]) == 2
+    checkpoint = tmp_path / "any.pt"  # never loaded: were the address checked after the model, loading it would fail
+    checkpoint.write_bytes(b"x")
+    assert cloud_main(["serve", "--http", "0.0.0.0:8080", "--model", str(checkpoint)]) == 2
     err = capsys.readouterr().err
-    assert "--http 0.0.0.0:8080 is not a loopback address" in err and "not found" not in err
-    assert cloud_main(["serve", "--http", "nonsense", "--model", str(missing)]) == 2
+    assert "--http 0.0.0.0:8080 is not a loopback address" in err and "checkpoint" not in err
+    assert cloud_main(["serve", "--http", "nonsense", "--model", str(checkpoint)]) == 2
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
