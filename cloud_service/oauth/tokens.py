@@ -53,8 +53,15 @@ def check_scopes(scopes: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def looks_like_jwt(token: str) -> bool:
-    """A JWT has three dot-separated parts and a base64url JSON header (`eyJ` is `{"`); device tokens don't."""
-    return token.startswith("eyJ") and token.count(".") == 2
+    """A JWT has three dot-separated parts, the first a base64url JSON header (`eyJ` is `{"`). A device token
+    (`DEVICE.SECRET`, where DEVICE may hold dots and start with anything) is not one unless that part decodes."""
+    if not token.startswith("eyJ") or token.count(".") != 2 or len(token) > MAX_TOKEN_CHARS:
+        return False
+    try:
+        jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return False
+    return True
 
 
 def issue(key: bytes, client_id: str, scopes: tuple[str, ...], now: float, ttl_s: int,

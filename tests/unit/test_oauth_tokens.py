@@ -18,6 +18,8 @@ NOW = 1_800_000_000.0
 def test_an_issued_token_verifies_with_its_claims() -> None:
     text, issued = tokens.issue(KEY, "ha-1", ("transcribe", "fleet:read"), NOW, 900, generation=3)
     assert tokens.looks_like_jwt(text) and not tokens.looks_like_jwt("dev-1.c2VjcmV0")
+    # A device id may start with "eyJ" and hold a dot: its token is still a device token.
+    assert not tokens.looks_like_jwt("eyJkitchen.v2.c2VjcmV0")
     got = tokens.verify(KEY, text, NOW + 899)
     assert got == issued and got.scopes == {"transcribe", "fleet:read"} and got.generation == 3
     assert got.expires_at == int(NOW) + 900
