@@ -196,8 +196,7 @@ class AsrModel:
         self.pack_stats.count(windows, len(redo))
         if redo:  # the packed split was not clear-cut: these clips again, one per window
             again = [Window([i], items[i].samples, ()) for i in redo]
-            single.update({w.idx[0]: r for w, r in zip(again, self._decode_windows(items, again).values(),
-                                                       strict=True)})
+            single.update({again[k].idx[0]: r for k, r in self._decode_windows(items, again).items()})
         ms = (time.perf_counter() - t0) * 1000.0
         n = len(items)
         return [self._result(single[i], items[i], n, ms) if i in single
@@ -223,6 +222,7 @@ class AsrModel:
         return out
 
     def _decode_windows(self, items: list[AsrRequest], windows: list[Window]) -> dict[int, Any]:
+        """Each window's decoding result, by its index in `windows`."""
         import torch
 
         with torch.no_grad():
@@ -235,7 +235,7 @@ class AsrModel:
         for (language, prompt, hotwords), ks in groups.items():
             for chunk in length_chunks(ks, [len(w.audio) for w in windows]):
                 raw.update(self._decode_with_fallback(features, chunk, language, prompt, hotwords))
-        return dict(sorted(raw.items()))
+        return raw
 
     def _decode_with_fallback(
         self,

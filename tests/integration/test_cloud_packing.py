@@ -28,3 +28,18 @@ def test_packed_clips_get_their_own_words(tiny_asr: AsrModel) -> None:
         assert r.batch_size == len(items)
     assert results[-1].words  # the aligned one went alone and has its words
     assert words(results[-1].text, "en") == words(results[0].text, "en")
+
+
+def test_a_refused_split_decodes_each_clip_again_alone(tiny_asr: AsrModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloud_service.asr.model as model_module
+
+    # The refusal itself is pure logic (tests/unit/test_packing.py); here every split is refused, so the model's
+    # fallback path runs on real audio: each clip must come back with its own words.
+    monkeypatch.setattr(model_module, "split", lambda segments, spans: None)
+    packed = AsrModel(tiny_asr.model, tiny_asr.name, "cpu", False, beam_size=1, pack=True)
+    prompts = data_prompts("en")
+    results = packed.transcribe_batch([AsrRequest(audio_files.load_audio(p.wav), "en") for p in prompts])
+    assert packed.pack_stats.redone == len(prompts) == packed.pack_stats.clips
+    for p, r in zip(prompts, results, strict=True):
+        ref = words(p.text, "en")
+        assert word_errors(ref, words(r.text, "en")) <= len(ref) // 4, (p.text, r.text)
